@@ -1,0 +1,199 @@
+"""Config defaults, `key=value` argument parsing and validation.
+
+Config files in `configs/` build on `base_config()`; `validate(config)` is the
+one place that turns a bad value into a `ConfigError` naming the key and the
+fix (the CLI prints it as one line).
+"""
+
+import math
+
+import ml_collections
+
+METHODS = ("reference", "iid", "jest", "independent", "easy_reference",
+           "hard_learner")
+SELECTIONS = ("uniform", "joint", "independent_topk", "independent_sample")
+SCORINGS = ("learnability", "easy_reference", "hard_learner")
+LOSSES = ("sigmoid", "softmax")
+
+
+class ConfigError(ValueError):
+  """A config value is unusable; the message names the key and the fix."""
+
+
+def parse_arg(arg, **defaults):
+  """Parses big_vision-style `key=value,key2=value2` config arguments.
+
+  Values are converted to the type of the default (bool accepts
+  true/false/1/0). Unknown keys are an error.
+  """
+  parsed = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return parsed
+  for item in arg.split(","):
+    if not item:
+      continue
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ConfigError(f"config argument {item!r} is not key=value; "
+                        f"known keys: {sorted(defaults)}")
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r}; "
+                        f"known keys: {sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"config argument {key}={value!r}: use true or false")
+      parsed[key] = value.lower() in ("true", "1")
+    else:
+      try:
+        parsed[key] = type(default)(value)
+      except ValueError:
+        raise ConfigError(f"config argument {key}={value!r}: expected "
+                          f"{type(default).__name__}") from None
+  return parsed
+
+
+def base_config():
+  """Defaults shared by every run: the CPU demo scale on the built-in corpus."""
+  config = ml_collections.ConfigDict()
+  config.method = "iid"
+  config.seed = 0
+  config.total_steps = 1500
+  config.batch_size = 64  # The trained sub-batch, b.
+  config.loss = "sigmoid"  # The training loss (SigLIP); "softmax" for CLIP.
+  config.log_every = 50
+  config.eval_every = 250
+  config.checkpoint_every = 250
+  config.keep_checkpoints = 2
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "builtin"
+  config.data.split = "train"
+  config.data.seed = 0
+  config.data.n_train = 100_000
+  config.data.n_curated = 30_000
+  config.data.n_retrieval = 1_000
+  config.data.n_zeroshot = 1_000
+  config.data.noise_rate = 0.5
+  config.data.max_tokens = 16
+
+  config.model = ml_collections.ConfigDict()
+  config.model.image = ml_collections.ConfigDict(
+      dict(variant="pico/8", pool_type="gap"))
+  config.model.text = ml_collections.ConfigDict(
+      dict(variant="pico", pool_type="gap"))
+  config.model.out_dim = 64
+  config.model.temperature_init = 10.0
+  config.model.bias_init = -10.0
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 1e-3
+  config.optim.warmup_steps = 100
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.95
+  config.optim.weight_decay = 1e-4
+  config.optim.grad_clip = 1.0
+
+  config.selection = ml_collections.ConfigDict()
+  config.selection.kind = "uniform"
+  config.selection.scoring = "learnability"
+  config.selection.filter_ratio = 0.0
+  config.selection.n_chunks = 16
+  config.selection.gain = 1.0
+  config.selection.loss = "sigmoid"
+
+  # Where the reference embeddings come from (selection runs that need them).
+  config.reference = ml_collections.ConfigDict()
+  config.reference.cache_dir = ""
+  config.reference.workdir = ""  # Optional: verify the cache's checkpoint.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 512
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.num_devices = -1  # -1: all devices.
+  return config
+
+
+def super_batch_size(config):
+  """B = b / (1 - f), the number of examples scored per step."""
+  f = config.selection.filter_ratio
+  return int(round(config.batch_size / (1.0 - f)))
+
+
+def needs_reference(config):
+  sel = config.selection
+  return sel.kind != "uniform" and sel.scoring != "hard_learner"
+
+
+def validate(config, num_devices=1):
+  """Raises ConfigError for the first unusable value."""
+  def fail(key, why):
+    raise ConfigError(f"config.{key}={_get(config, key)!r}: {why}")
+
+  for key in ("total_steps", "batch_size", "log_every", "eval_every",
+              "checkpoint_every"):
+    if _get(config, key) <= 0:
+      fail(key, "must be a positive integer")
+  if config.method not in METHODS:
+    fail("method", f"must be one of {METHODS}")
+  if config.loss not in LOSSES:
+    fail("loss", f"must be one of {LOSSES}")
+  sel = config.selection
+  if sel.kind not in SELECTIONS:
+    fail("selection.kind", f"must be one of {SELECTIONS}")
+  if sel.scoring not in SCORINGS:
+    fail("selection.scoring", f"must be one of {SCORINGS}")
+  if sel.loss not in LOSSES:
+    fail("selection.loss", f"must be one of {LOSSES}")
+  if not 0.0 <= sel.filter_ratio < 1.0:
+    fail("selection.filter_ratio", "must be in [0, 1)")
+  if sel.kind == "uniform" and sel.filter_ratio != 0.0:
+    fail("selection.filter_ratio",
+         "uniform (IID) runs train on every example they draw; use 0")
+  big_b = super_batch_size(config)
+  if sel.kind != "uniform":
+    if not math.isclose(config.batch_size / (1.0 - sel.filter_ratio), big_b,
+                        rel_tol=1e-6):
+      fail("selection.filter_ratio",
+           f"batch_size / (1 - filter_ratio) must be an integer "
+           f"(batch_size={config.batch_size})")
+    if sel.kind == "joint" and config.batch_size % sel.n_chunks:
+      fail("selection.n_chunks",
+           f"must divide batch_size={config.batch_size}")
+    if not math.isfinite(sel.gain) or sel.gain <= 0:
+      fail("selection.gain", "must be a positive number")
+  if needs_reference(config) and not config.reference.cache_dir:
+    fail("reference.cache_dir",
+         f"selection with scoring={sel.scoring!r} needs reference embeddings; "
+         "build them with `python -m jest_jax.cache_reference` and pass "
+         "--config.reference.cache_dir=DIR")
+  for key in ("batch_size",):
+    if _get(config, key) % num_devices:
+      fail(key, f"must be divisible by the number of devices ({num_devices})")
+  if big_b % num_devices:
+    fail("selection.filter_ratio",
+         f"the super-batch ({big_b}) must be divisible by the number of "
+         f"devices ({num_devices})")
+  if config.eval.batch_size % num_devices:
+    fail("eval.batch_size",
+         f"must be divisible by the number of devices ({num_devices})")
+  if config.optim.lr <= 0:
+    fail("optim.lr", "must be positive")
+  if not 0 <= config.optim.b2 < 1:
+    fail("optim.b2", "must be in [0, 1)")
+  if config.optim.warmup_steps < 0:
+    fail("optim.warmup_steps", "must be >= 0")
+  if config.data.name != "builtin":
+    fail("data.name", "only the built-in corpus ('builtin') is available")
+  if config.data.split not in ("train", "curated"):
+    fail("data.split", "must be 'train' or 'curated'")
+  if not 0.0 <= config.data.noise_rate <= 1.0:
+    fail("data.noise_rate", "must be in [0, 1]")
+
+
+def _get(config, dotted):
+  value = config
+  for part in dotted.split("."):
+    value = value[part]
+  return value

@@ -1,0 +1,181 @@
+"""The built-in demo: JEST versus uniform (IID) sampling on the noisy corpus.
+
+  python -m jest_jax.demo --workdir runs/demo      (what `make demo` runs)
+
+Stages, each resumable (re-running skips what is finished):
+  1. reference: a two-tower trained on the clean curated split;
+  2. its embeddings of the noisy training split, cached once;
+  3. iid:  the learner trained on uniform batches of b;
+  4. jest: the same learner, optimiser and number of steps, trained on the
+     jointly most learnable b of each super-batch of b / (1 - f).
+Writes WORKDIR/{reference,iid,jest}/metrics.jsonl, summary.json, curves.png
+and prints a comparison table.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+import jest_jax
+from jest_jax import cache_reference
+from jest_jax import config_lib
+from jest_jax import metrics as metrics_lib
+from jest_jax import reference_cache
+from jest_jax import train
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
+_STEPS = flags.DEFINE_integer("steps", 1500, "Learner steps (IID and JEST).")
+_REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 1500,
+                                        "Reference model steps.")
+_FILTER_RATIO = flags.DEFINE_float("filter_ratio", 0.8, "JEST's f.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the learners and reference.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 250, "Steps between evals.")
+_OVERRIDES = flags.DEFINE_multi_string(
+    "set", [], "Config overrides for every run, key=value (e.g. "
+    "data.n_train=20000); may repeat.")
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(jest_jax.__file__))), "configs")
+
+
+def load_config(name, arg):
+  """`configs/NAME.py:ARG` -> ConfigDict (configs/ lives beside the package)."""
+  path = os.path.join(CONFIG_DIR, f"{name}.py")
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"config file {path} not found; run the demo "
+                                 "from a jest_jax checkout")
+  spec = importlib.util.spec_from_file_location(f"jest_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def apply_overrides(config, overrides):
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise config_lib.ConfigError(f"--set {item!r} is not key=value")
+    parent = config
+    *path, leaf = key.split(".")
+    try:
+      for part in path:
+        parent = parent[part]
+      old = parent[leaf]
+    except (KeyError, AttributeError):
+      raise config_lib.ConfigError(f"--set {key}: no such config key") from None
+    parent[leaf] = type(old)(value) if not isinstance(old, bool) else (
+        value.lower() in ("1", "true"))
+  return config
+
+
+def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
+             eval_every, overrides=()):
+  """Runs the four stages; returns the summary dict written to summary.json."""
+  def configure(config):
+    config.eval_every = eval_every
+    config.checkpoint_every = eval_every
+    return apply_overrides(config, overrides)
+
+  summary = {}
+  ref_dir = os.path.join(workdir, "reference")
+  config = configure(load_config("reference", f"steps={reference_steps},"
+                                 f"seed={seed}"))
+  logging.info("== stage 1/4: reference model -> %s", ref_dir)
+  summary["reference"], _ = train.train_and_evaluate(config, ref_dir)
+
+  logging.info("== stage 2/4: reference embeddings of the training split")
+  cache_dir, manifest = cache_reference.build_cache(ref_dir, "train")
+  summary["reference_cache"] = dict(
+      dir=cache_dir, count=manifest["count"],
+      build_seconds=manifest.get("build_seconds"))
+
+  runs = {
+      "iid": f"method=iid,steps={steps},seed={seed}",
+      "jest": f"method=jest,filter_ratio={filter_ratio},steps={steps},"
+              f"seed={seed}",
+  }
+  for i, (name, arg) in enumerate(runs.items()):
+    config = configure(load_config("jest", arg))
+    if name != "iid":
+      config.reference.cache_dir = cache_dir
+      config.reference.workdir = ref_dir
+    run_dir = os.path.join(workdir, name)
+    logging.info("== stage %d/4: %s learner -> %s", i + 3, name, run_dir)
+    summary[name], _ = train.train_and_evaluate(config, run_dir)
+
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+  plot_curves(workdir, ("iid", "jest"), os.path.join(workdir, "curves.png"))
+  return summary
+
+
+def plot_curves(workdir, runs, path):
+  """Zero-shot top-1, retrieval R@1 and selected corrupted share vs step."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  panels = [("eval/zeroshot_top1", "zero-shot top-1"),
+            ("eval/i2t_r1", "image→text R@1"),
+            ("select/corrupt_fraction", "corrupted share of trained batch")]
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+  for ax, (key, title) in zip(axes, panels):
+    for run in runs:
+      rows = [r for r in metrics_lib.read_metrics(os.path.join(workdir, run))
+              if key in r]
+      ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".",
+              label=run)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def format_table(summary):
+  header = ("| run | steps | zero-shot top-1 | i2t R@1 | t2i R@1 | "
+            "corrupt share trained (pool) | wall s |")
+  lines = [header, "|" + "---|" * 7]
+  for name in ("reference", "iid", "jest"):
+    s = summary[name]
+    corrupt = s.get("select/corrupt_fraction", float("nan"))
+    pool = s.get("select/pool_corrupt_fraction")
+    corrupt_text = f"{corrupt:.3f}" + (f" ({pool:.3f})" if pool is not None
+                                       else "")
+    if name == "reference":
+      corrupt_text = "0 (curated split)"
+    lines.append(
+        f"| {name} | {s['step']} | {s['eval/zeroshot_top1']:.3f} | "
+        f"{s['eval/i2t_r1']:.3f} | {s['eval/t2i_r1']:.3f} | {corrupt_text} | "
+        f"{s['wall_seconds']:.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  workdir = _WORKDIR.value
+  try:
+    summary = run_demo(
+        workdir, steps=_STEPS.value, reference_steps=_REFERENCE_STEPS.value,
+        filter_ratio=_FILTER_RATIO.value, seed=_SEED.value,
+        eval_every=_EVAL_EVERY.value, overrides=_OVERRIDES.value)
+  except (config_lib.ConfigError, train.TrainingError,
+          reference_cache.CacheError) as e:
+    sys.exit(f"error: {e}")
+  print()
+  print(format_table(summary))
+  print()
+  print(f"outputs: {os.path.abspath(workdir)}/ (summary.json, curves.png, "
+        "reference/ iid/ jest/ with metrics.jsonl and checkpoints)")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,110 @@
+"""The reference cache round-trips and refuses anything it was not built for."""
+
+import os
+
+import numpy as np
+import pytest
+
+from jest_jax import reference_cache
+
+
+def _write(path, n=20, d=8, dtype="float32", **overrides):
+  rng = np.random.default_rng(0)
+  image, text = rng.normal(size=(2, n, d)).astype(np.float32)
+  kwargs = dict(temperature=12.5, bias=-9.0, dataset_fingerprint="data1",
+                checkpoint_fingerprint="ckpt1", checkpoint_step=100,
+                model_description={"variant": "pico"}, dtype=dtype)
+  kwargs.update(overrides)
+  reference_cache.write(str(path), image, text, **kwargs)
+  return image, text
+
+
+def _load(path, **overrides):
+  kwargs = dict(dataset_fingerprint="data1", count=20,
+                checkpoint_fingerprint="ckpt1")
+  kwargs.update(overrides)
+  return reference_cache.load(str(path), **kwargs)
+
+
+def test_round_trip_returns_the_written_embeddings(tmp_path):
+  image, text = _write(tmp_path / "cache")
+  cache = _load(tmp_path / "cache")
+  np.testing.assert_array_equal(cache.image, image)
+  np.testing.assert_array_equal(cache.text, text)
+  assert (cache.temperature, cache.bias) == (12.5, -9.0)
+  got_image, got_text = cache.take(np.array([3, 1]))
+  np.testing.assert_array_equal(got_image, image[[3, 1]])
+  np.testing.assert_array_equal(got_text, text[[3, 1]])
+
+
+def test_bfloat16_cache_round_trips_within_bfloat16_precision(tmp_path):
+  image, _ = _write(tmp_path / "cache", dtype="bfloat16")
+  cache = _load(tmp_path / "cache")
+  assert cache.image.dtype == np.float32
+  np.testing.assert_allclose(cache.image, image, rtol=1e-2, atol=1e-2)
+  assert os.path.getsize(tmp_path / "cache" / "image.npy") < 20 * 8 * 4
+
+
+def test_cache_for_other_data_is_refused(tmp_path):
+  _write(tmp_path / "cache")
+  with pytest.raises(reference_cache.CacheError,
+                     match="built for dataset data1.*trains on data2"):
+    _load(tmp_path / "cache", dataset_fingerprint="data2")
+
+
+def test_cache_from_another_checkpoint_is_refused(tmp_path):
+  _write(tmp_path / "cache")
+  with pytest.raises(reference_cache.CacheError,
+                     match="built from checkpoint ckpt1.*now ckpt2"):
+    _load(tmp_path / "cache", checkpoint_fingerprint="ckpt2")
+
+
+def test_cache_with_wrong_count_is_refused(tmp_path):
+  _write(tmp_path / "cache")
+  with pytest.raises(reference_cache.CacheError, match="holds 20 examples, "
+                     "the data has 21"):
+    _load(tmp_path / "cache", count=21)
+
+
+def test_truncated_cache_file_is_detected(tmp_path):
+  _write(tmp_path / "cache")
+  path = tmp_path / "cache" / "text.npy"
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(reference_cache.CacheError, match="text.npy"):
+    _load(tmp_path / "cache")
+
+
+def test_non_finite_cache_is_detected(tmp_path):
+  _write(tmp_path / "cache")
+  path = tmp_path / "cache" / "image.npy"
+  array = np.load(path)
+  array[5, 2] = np.nan
+  np.save(path, array)
+  with pytest.raises(reference_cache.CacheError, match="non-finite"):
+    _load(tmp_path / "cache")
+
+
+def test_missing_cache_says_how_to_build_it(tmp_path):
+  with pytest.raises(reference_cache.CacheError,
+                     match="no reference cache.*jest_jax.cache_reference"):
+    _load(tmp_path / "nothing")
+
+
+def test_writing_non_finite_embeddings_is_refused_and_keeps_old_cache(tmp_path):
+  image, _ = _write(tmp_path / "cache")
+  bad = np.full((20, 8), np.nan, np.float32)
+  with pytest.raises(reference_cache.CacheError, match="non-finite"):
+    reference_cache.write(
+        str(tmp_path / "cache"), bad, bad, temperature=1.0, bias=0.0,
+        dataset_fingerprint="data1", checkpoint_fingerprint="ckpt1",
+        checkpoint_step=1, model_description={})
+  np.testing.assert_array_equal(_load(tmp_path / "cache").image, image)
+
+
+def test_params_fingerprint_changes_with_any_value():
+  params = {"a": np.zeros((2, 3), np.float32), "b": {"c": np.ones(4)}}
+  before = reference_cache.params_fingerprint(params)
+  assert reference_cache.params_fingerprint(params) == before
+  params["b"]["c"][2] = 1.5
+  assert reference_cache.params_fingerprint(params) != before
