@@ -20,6 +20,7 @@ import numpy as np
 
 from jest_jax import evaluate
 from jest_jax import input_pipeline
+from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
 from jest_jax import sharding
 from jest_jax import train
@@ -84,6 +85,7 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32"):
 
 def main(argv):
   del argv
+  metrics_lib.quiet_library_logs()
   if not _WORKDIR.value:
     sys.exit("error: --workdir (the reference run's directory) is required")
   try:

@@ -79,9 +79,9 @@ def base_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.image = ml_collections.ConfigDict(
-      dict(variant="pico/8", pool_type="gap"))
+      dict(variant="pico/8", image_size=32, pool_type="gap"))
   config.model.text = ml_collections.ConfigDict(
-      dict(variant="pico", pool_type="gap"))
+      dict(variant="pico", depth=1, pool_type="gap"))
   config.model.out_dim = 64
   config.model.temperature_init = 10.0
   config.model.bias_init = -10.0

@@ -161,6 +161,7 @@ def format_table(summary):
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
+  metrics_lib.quiet_library_logs()
   workdir = _WORKDIR.value
   try:
     summary = run_demo(

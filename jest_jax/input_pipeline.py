@@ -10,6 +10,7 @@ uninterrupted one would have.
 
 import dataclasses
 import functools
+import hashlib
 
 import numpy as np
 
@@ -52,9 +53,13 @@ def load_split(config_data, split):
   cfg = corpus_config(config_data)
   raw = _cached_split(cfg, split)
   arrays = dict(raw)
-  arrays["tokens"] = tokenizer().encode(list(raw["caption"]),
-                                        config_data.max_tokens)
-  return Split(arrays=arrays, fingerprint=corpus.fingerprint(cfg, split))
+  tok = tokenizer()
+  arrays["tokens"] = tok.encode(list(raw["caption"]), config_data.max_tokens)
+  # What a model sees depends on the tokenisation too, not only the corpus.
+  identity = (f"{corpus.fingerprint(cfg, split)}/{tok.vocab_size}/"
+              f"{config_data.max_tokens}/{tok.decode(arrays['tokens'][:1])}")
+  fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
+  return Split(arrays=arrays, fingerprint=fingerprint)
 
 
 @functools.lru_cache(maxsize=4)

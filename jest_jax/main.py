@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jest_jax import config_lib
+from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
 from jest_jax import train
 
@@ -30,6 +31,7 @@ def main(argv):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
     sys.exit("error: both --config and --workdir are required")
+  metrics_lib.quiet_library_logs()
   try:
     summary, _ = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, train.TrainingError,

@@ -83,6 +83,11 @@ class Progress:
     self._t0 = time.perf_counter()
     self._step0 = first_step
 
+  def restart(self, step):
+    """Counts from `step` on (call after the first, compiling, step)."""
+    self._t0 = time.perf_counter()
+    self._step0 = step
+
   def rate(self, step):
     """(steps/s, examples/s) since the first step of this process."""
     elapsed = time.perf_counter() - self._t0
@@ -105,3 +110,18 @@ def _format_seconds(seconds):
     return "?"
   minutes, seconds = divmod(int(seconds), 60)
   return f"{minutes}m{seconds:02d}s"
+
+
+class _OwnInfoOnly:
+  """Passes jest_jax's INFO lines and every library's warnings and errors."""
+
+  def filter(self, record):
+    import logging as std_logging
+    return (record.levelno >= std_logging.WARNING
+            or "jest_jax" in record.pathname)
+
+
+def quiet_library_logs():
+  """Silences libraries' INFO chatter (orbax logs every checkpoint file)."""
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  logging.set_verbosity(logging.INFO)

@@ -138,7 +138,7 @@ def make_train_step(model, optimizer, config, mesh):
     params = optax.apply_updates(state.params, updates)
     metrics.update({
         "train/loss": loss, "train/temperature": out["t"],
-        "train/bias": out["b"], "train/grad_norm": optax.global_norm(grads)})
+        "train/bias": out["b"], "train/grad_norm": optax.tree.norm(grads)})
     new_state = TrainState(step=state.step + 1, params=params,
                            opt_state=opt_state)
     return new_state, metrics
@@ -205,8 +205,12 @@ def load_reference(config, split):
     raise TrainingError(str(e)) from None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after=None):
   """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
+
+  `stop_after`: end this process after that step, with a checkpoint, as a
+  preemption would (the schedule still runs to `config.total_steps`).
 
   Returns a summary dict: `step`, `wall_seconds` (of this process), the
   final `eval/*` metrics, and for all runs the mean `select/corrupt_fraction`
@@ -263,7 +267,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # loop
   final_eval, logged = {}, []
   step = start_step
-  for step in range(start_step + 1, config.total_steps + 1):
+  last_step = config.total_steps
+  if stop_after is not None:
+    last_step = min(last_step, stop_after)
+  for step in range(start_step + 1, last_step + 1):
     indices = input_pipeline.step_indices(config.seed, step - 1,
                                           super_batch_size, len(split))
     super_batch = split.take(indices, keys=("image", "tokens", "corrupt"))
@@ -275,6 +282,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                        bias=np.float32(reference.bias))
     key = jax.random.fold_in(base_key, step)
     state, step_metrics = train_step(state, super_batch, ref_batch, key)
+    if step == start_step + 1:  # Rates exclude compilation.
+      jax.block_until_ready(state)
+      progress.restart(step)
 
     row = {}
     if step % config.log_every == 0 or step == config.total_steps:
@@ -293,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                    {k: round(v, 4) for k, v in final_eval.items()})
     if row:
       writer.write(step, row)
-    if step % config.checkpoint_every == 0 or step == config.total_steps:
+    if step % config.checkpoint_every == 0 or step == last_step:
       check_finite(step, float(step_metrics["train/loss"]))
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state)))
