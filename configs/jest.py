@@ -10,6 +10,9 @@
   independent     top-k on per-example learnability (RHO-LOSS style).
   easy_reference  joint sampling on the reference loss alone.
   hard_learner    joint sampling on the learner loss alone (no reference).
+  flexi_jest      JEST scored at patch 16 (4 tokens: cheap) and trained half
+                  at patch 8, half at 16 (see configs/flexi_jest.py for the
+                  patch-4/8 comparison).
 """
 
 from jest_jax import config_lib
@@ -20,6 +23,7 @@ _SELECTION = {
     "independent": dict(kind="independent_topk", scoring="learnability"),
     "easy_reference": dict(kind="joint", scoring="easy_reference"),
     "hard_learner": dict(kind="joint", scoring="hard_learner"),
+    "flexi_jest": dict(kind="joint", scoring="learnability"),
 }
 
 
@@ -35,4 +39,8 @@ def get_config(arg=None):
   config.total_steps = arg.steps
   config.selection.update(_SELECTION[arg.method])
   config.selection.filter_ratio = 0.0 if arg.method == "iid" else arg.filter_ratio
+  if arg.method == "flexi_jest":
+    config.patch.large = 16
+    config.patch.score = "large"
+    config.patch.large_fraction = 0.5
   return config

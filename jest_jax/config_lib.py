@@ -10,7 +10,7 @@ import math
 import ml_collections
 
 METHODS = ("reference", "iid", "jest", "independent", "easy_reference",
-           "hard_learner")
+           "hard_learner", "flexi_jest")
 SELECTIONS = ("uniform", "joint", "independent_topk", "independent_sample")
 SCORINGS = ("learnability", "easy_reference", "hard_learner")
 LOSSES = ("sigmoid", "softmax")
@@ -101,6 +101,23 @@ def base_config():
   config.selection.n_chunks = 16
   config.selection.gain = 1.0
   config.selection.loss = "sigmoid"
+  # "global": exact selection over the whole super-batch (one psum of a
+  # length-B vector per chunk); "local": each data shard selects b/D of its
+  # own B/D rows, no cross-device traffic.
+  config.selection.scope = "global"
+  config.selection.refine_sweeps = 0
+
+  # FlexiViT patch sizes (0: the image variant's own patch). Flexi-JEST
+  # scores at `large` and trains `large_fraction` of each sub-batch at
+  # `large`, the rest at `small`; evaluation is at `small` (and at `large`
+  # too when `eval_large`).
+  config.patch = ml_collections.ConfigDict()
+  config.patch.small = 0
+  config.patch.large = 0
+  config.patch.large_fraction = 0.0
+  config.patch.split = "random"
+  config.patch.score = "small"
+  config.patch.eval_large = False
 
   # Where the reference embeddings come from (selection runs that need them).
   config.reference = ml_collections.ConfigDict()
@@ -163,6 +180,15 @@ def validate(config, num_devices=1):
            f"must divide batch_size={config.batch_size}")
     if not math.isfinite(sel.gain) or sel.gain <= 0:
       fail("selection.gain", "must be a positive number")
+  if sel.scope not in ("global", "local"):
+    fail("selection.scope", "must be 'global' or 'local'")
+  if sel.refine_sweeps < 0:
+    fail("selection.refine_sweeps", "must be >= 0")
+  if (sel.kind == "joint" and sel.scope == "local"
+      and (config.batch_size // num_devices) % sel.n_chunks):
+    fail("selection.n_chunks", f"with scope='local' it must divide the "
+         f"per-device sub-batch {config.batch_size // num_devices}")
+  _validate_patches(config, fail)
   if needs_reference(config) and not config.reference.cache_dir:
     fail("reference.cache_dir",
          f"selection with scoring={sel.scoring!r} needs reference embeddings; "
@@ -190,6 +216,27 @@ def validate(config, num_devices=1):
     fail("data.split", "must be 'train' or 'curated'")
   if not 0.0 <= config.data.noise_rate <= 1.0:
     fail("data.noise_rate", "must be in [0, 1]")
+
+
+def _validate_patches(config, fail):
+  patch = config.patch
+  image_size = config.model.image.get("image_size", 0)
+  for key in ("small", "large"):
+    size = patch[key]
+    if size < 0 or (size and image_size and image_size % size):
+      fail(f"patch.{key}", f"must divide the image size {image_size} "
+           "(0: the variant's patch)")
+  if not 0.0 <= patch.large_fraction <= 1.0:
+    fail("patch.large_fraction", "must be in [0, 1]")
+  if patch.split not in ("random", "interleave"):
+    fail("patch.split", "must be 'random' or 'interleave'")
+  if patch.score not in ("small", "large"):
+    fail("patch.score", "must be 'small' or 'large'")
+  needs_large = (patch.large_fraction > 0 or patch.score == "large"
+                 or patch.eval_large)
+  if needs_large and not patch.large:
+    fail("patch.large", "set a large patch size for large_fraction > 0, "
+         "score='large' or eval_large")
 
 
 def _get(config, dotted):

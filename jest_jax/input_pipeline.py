@@ -76,3 +76,34 @@ def step_indices(seed, step, batch_size, num_examples):
     sel = epochs == epoch
     out[sel] = _epoch_permutation(seed, int(epoch), num_examples)[offsets[sel]]
   return out
+
+
+class TrainInput:
+  """The training stream: super-batch `step` is a pure function of
+  `(seed, step)`, so a resumed run reads what an uninterrupted one would.
+
+  `batch(step)` returns host arrays: `image` uint8 `[B, H, W, 3]`, `tokens`
+  int32 `[B, L]`, `corrupt` bool `[B]` (the corpus's ground-truth flag;
+  all False for data without one) and `index` int64 `[B]` (record indices,
+  which align the reference-embedding cache).
+  """
+
+  def __init__(self, config_data, split_name, batch_size, seed):
+    self.split = load_split(config_data, split_name)
+    self.batch_size = batch_size
+    self.seed = seed
+
+  def __len__(self):
+    return len(self.split)
+
+  @property
+  def fingerprint(self):
+    return self.split.fingerprint
+
+  @property
+  def image_shape(self):
+    return self.split.arrays["image"].shape[1:]
+
+  def batch(self, step):
+    indices = step_indices(self.seed, step, self.batch_size, len(self.split))
+    return self.split.take(indices)

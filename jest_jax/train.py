@@ -74,86 +74,229 @@ def init_state(model, optimizer, config, mesh, image_shape, max_tokens):
 # ----------------------------------------------------------------- step --
 
 
-def make_train_step(model, optimizer, config, mesh):
-  """The jitted step `(state, super_batch, reference, key) -> (state, metrics)`.
+def split_for_resolutions(sub_batch_size, large_fraction, mode, key):
+  """Which rows of the sub-batch are encoded at the small / large patch.
+
+  Returns `(small_rows, large_rows)`, int32 index vectors of static lengths
+  `b - n_large` and `n_large`, `n_large = round(b * large_fraction)`.
+  `mode="random"` draws the split from `key` (SPEC §1: random halves);
+  `"interleave"` spreads the large rows evenly (the paper's listing).
+  """
+  n_large = int(round(sub_batch_size * large_fraction))
+  if mode == "random":
+    order = jax.random.permutation(key, sub_batch_size)
+  else:
+    # Row i is large when floor((i + 1) * f) > floor(i * f): evenly spread.
+    rows = np.arange(sub_batch_size)
+    is_large = (np.floor((rows + 1) * large_fraction)
+                > np.floor(rows * large_fraction))
+    order = jnp.asarray(np.concatenate([rows[~is_large], rows[is_large]]))
+  return order[:sub_batch_size - n_large], order[sub_batch_size - n_large:]
+
+
+class StepFunctions:
+  """The phases of a train step, each a pure function, and their composition.
+
+    score(params, super_batch) -> learner Embeddings       (no gradient)
+    select(key, learner, reference) -> int32[b] indices
+    update(state, sub_batch, key) -> (state, metrics)
+    step(state, super_batch, reference, key) -> (state, metrics)
 
   super_batch: dict of `image` uint8 `[B, H, W, 3]`, `tokens` int32 `[B, L]`,
     `corrupt` bool `[B]`, sharded over `data`.
-  reference: dict of `image`, `text` `[B, d]`, `temperature`, `bias` (or
-    None when the selection needs no reference).
+  reference: dict of `image`, `text` `[B, d]`, `temperature`, `bias` (None
+    when the selection needs no reference).
   """
-  sel = config.selection
-  sub_batch_size = config.batch_size
-  selecting = sel.kind != "uniform"
 
-  def embed(params, images, tokens):
-    zimg, ztxt, out = model.apply(
-        {"params": params}, evaluate.preprocess_images(images), tokens)
-    return zimg, ztxt, out
+  def __init__(self, model, optimizer, config, mesh):
+    self.model, self.optimizer, self.config, self.mesh = (
+        model, optimizer, config, mesh)
+    self.sub_batch_size = config.batch_size
+    self.selecting = config.selection.kind != "uniform"
+    patch = config.patch
+    self.small_patch = patch.small or None  # None: the variant's own patch.
+    self.large_patch = patch.large or None
+    self.score_patch = (self.large_patch if patch.score == "large"
+                        else self.small_patch)
 
-  def loss_fn(params, sub_batch):
-    zimg, ztxt, out = embed(params, sub_batch["image"], sub_batch["tokens"])
-    loss = losses.contrastive_loss(config.loss, zimg, ztxt, out["t"], out["b"])
+  def embed(self, params, images, tokens, patch_size):
+    return self.model.apply({"params": params},
+                            evaluate.preprocess_images(images), tokens,
+                            patch_size=patch_size)
+
+  def score(self, params, super_batch):
+    zimg, ztxt, out = self.embed(jax.lax.stop_gradient(params),
+                                 super_batch["image"], super_batch["tokens"],
+                                 self.score_patch)
+    return selection.Embeddings(image=zimg, text=ztxt, temperature=out["t"],
+                                bias=out["b"])
+
+  def select(self, key, learner, reference):
+    sel = self.config.selection
+    return selection.sharded_select(
+        key, learner, reference, mesh=self.mesh, axis_name=sharding.DATA_AXIS,
+        scope=sel.scope, sub_batch_size=self.sub_batch_size, method=sel.kind,
+        scoring=sel.scoring, gain=sel.gain, n_chunks=sel.n_chunks,
+        loss=sel.loss, refine_sweeps=sel.refine_sweeps)
+
+  def sub_batch_embeddings(self, params, sub_batch, key):
+    """Embeds the trained sub-batch, part at the small patch and part at the
+    large one (Flexi-JEST), rows re-ordered consistently in both towers."""
+    patch = self.config.patch
+    images, tokens = sub_batch["image"], sub_batch["tokens"]
+    if not patch.large_fraction:
+      return self.embed(params, images, tokens, self.small_patch)
+    small, large = split_for_resolutions(
+        self.sub_batch_size, patch.large_fraction, patch.split, key)
+    order = jnp.concatenate([small, large])
+    zimg_small, ztxt, out = self.embed(params, images[small], tokens[order],
+                                       self.small_patch)
+    zimg_large, _, _ = self.embed(params, images[large], None,
+                                  self.large_patch)
+    return jnp.concatenate([zimg_small, zimg_large]), ztxt, out
+
+  def loss(self, params, sub_batch, key):
+    zimg, ztxt, out = self.sub_batch_embeddings(params, sub_batch, key)
+    loss = losses.contrastive_loss(self.config.loss, zimg, ztxt, out["t"],
+                                   out["b"])
     return loss, out
 
-  def step_fn(state, super_batch, reference, key):
+  def update(self, state, sub_batch, key):
+    (loss, out), grads = jax.value_and_grad(self.loss, has_aux=True)(
+        state.params, sub_batch, key)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state,
+                                               state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"train/loss": loss, "train/temperature": out["t"],
+               "train/bias": out["b"], "train/grad_norm": optax.tree.norm(grads)}
+    return TrainState(step=state.step + 1, params=params,
+                      opt_state=opt_state), metrics
+
+  def step(self, state, super_batch, reference, key):
+    select_key, update_key = jax.random.split(key)
     metrics = {}
-    if selecting:
-      # score: the learner's view of the whole super-batch (no gradient).
-      zimg, ztxt, out = embed(jax.lax.stop_gradient(state.params),
-                              super_batch["image"], super_batch["tokens"])
-      learner = selection.Embeddings(image=zimg, text=ztxt,
-                                     temperature=out["t"], bias=out["b"])
-      ref = None
-      if reference is not None:
-        ref = selection.Embeddings(
-            image=reference["image"], text=reference["text"],
-            temperature=reference["temperature"], bias=reference["bias"])
-      # select: the jointly most learnable sub-batch.
-      indices = selection.select(
-          key, learner, ref, sub_batch_size=sub_batch_size, method=sel.kind,
-          scoring=sel.scoring, gain=sel.gain, n_chunks=sel.n_chunks,
-          loss=sel.loss)
-      sub_batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0),
-                               super_batch)
-      # A uniform batch for comparison: the super-batch is a random draw, so
-      # its first b examples are one.
-      uniform = jnp.arange(sub_batch_size)
-      kwargs = dict(scoring=sel.scoring, gain=sel.gain, loss=sel.loss)
-      metrics["select/score"] = selection.batch_score(
-          learner, ref, indices, **kwargs) / sub_batch_size
-      metrics["select/score_uniform"] = selection.batch_score(
-          learner, ref, uniform, **kwargs) / sub_batch_size
-      metrics["select/pool_corrupt_fraction"] = jnp.mean(
-          super_batch["corrupt"].astype(jnp.float32))
-    else:
-      sub_batch = super_batch
+    sub_batch = super_batch
+    if self.selecting:
+      learner = self.score(state.params, super_batch)
+      ref = None if reference is None else selection.Embeddings(**reference)
+      indices = self.select(select_key, learner, ref)
+      sub_batch = selection.gather_selected(
+          super_batch, indices, mesh=self.mesh, axis_name=sharding.DATA_AXIS,
+          scope=self.config.selection.scope)
+      metrics.update(self.selection_metrics(learner, ref, indices,
+                                            super_batch))
     metrics["select/corrupt_fraction"] = jnp.mean(
         sub_batch["corrupt"].astype(jnp.float32))
+    state, update_metrics = self.update(state, sub_batch, update_key)
+    metrics.update(update_metrics)
+    return state, metrics
 
-    # update: one optimiser step on the sub-batch.
-    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, sub_batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics.update({
-        "train/loss": loss, "train/temperature": out["t"],
-        "train/bias": out["b"], "train/grad_norm": optax.tree.norm(grads)})
-    new_state = TrainState(step=state.step + 1, params=params,
-                           opt_state=opt_state)
-    return new_state, metrics
+  def selection_metrics(self, learner, reference, indices, super_batch):
+    sel = self.config.selection
+    kwargs = dict(scoring=sel.scoring, gain=sel.gain, loss=sel.loss)
+    # The super-batch is a uniform draw, so its first b rows are a uniform
+    # batch to compare the selected one with.
+    uniform = jnp.arange(self.sub_batch_size)
+    b = self.sub_batch_size
+    return {
+        "select/score": selection.batch_score(learner, reference, indices,
+                                              **kwargs) / b,
+        "select/score_uniform": selection.batch_score(
+            learner, reference, uniform, **kwargs) / b,
+        "select/pool_corrupt_fraction": jnp.mean(
+            super_batch["corrupt"].astype(jnp.float32)),
+    }
 
-  replicated = sharding.replicated(mesh)
-  data = sharding.data_sharding(mesh)
-  reference_shardings = None
-  if config_lib.needs_reference(config):
-    reference_shardings = dict(image=data, text=data, temperature=replicated,
-                               bias=replicated)
-  return jax.jit(
-      step_fn,
-      in_shardings=(replicated, data, reference_shardings, replicated),
-      out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
+  def shardings(self):
+    replicated = sharding.replicated(self.mesh)
+    data = sharding.data_sharding(self.mesh)
+    reference = None
+    if config_lib.needs_reference(self.config):
+      reference = dict(image=data, text=data, temperature=replicated,
+                       bias=replicated)
+    return replicated, data, reference
+
+  def jit_step(self):
+    replicated, data, reference = self.shardings()
+    return jax.jit(self.step,
+                   in_shardings=(replicated, data, reference, replicated),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def _lowered_cost(lowered):
+  cost = lowered.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
+    cost = cost[0]
+  return float(cost["flops"])
+
+
+def _lowered_flops(fn, *args):
+  """FLOPs of `fn(*args)` by XLA's cost analysis (args may be abstract)."""
+  return _lowered_cost(jax.jit(fn).lower(*args))
+
+
+def paper_flops_ratio(config, approx_factor):
+  """SPEC §1's cost model of a step relative to an IID step (same b).
+
+  IID 3F per example; JEST F(2 + B/b) (the scoring forward reused);
+  Flexi-JEST 3F(1 - l + l A) + A F B/b with l the large-patch fraction.
+  """
+  patch = config.patch
+  large = patch.large_fraction
+  train_cost = 3.0 * (1.0 - large + large * approx_factor)
+  if config.selection.kind == "uniform":
+    return train_cost / 3.0
+  ratio = config_lib.super_batch_size(config) / config.batch_size
+  if patch.score == "small" and not large:
+    return (2.0 + ratio) / 3.0
+  score_cost = approx_factor if patch.score == "large" else 1.0
+  return (train_cost + score_cost * ratio) / 3.0
+
+
+def measure_flops(functions, state, super_batch, reference, key):
+  """Per-phase FLOPs of one step from XLA's cost analysis of each phase,
+  plus what an IID step at the small patch would cost and the measured
+  approximation factor A (large-patch over small-patch forward FLOPs)."""
+  b = functions.sub_batch_size
+  sub_batch = jax.tree.map(lambda x: x[:b], super_batch)
+  out = {}
+  iid_config = ml_collections.ConfigDict(functions.config.to_dict())
+  iid_config.patch.large_fraction = 0.0
+  iid = StepFunctions(functions.model, functions.optimizer, iid_config,
+                      functions.mesh)
+  out["flops/iid_step"] = _lowered_flops(iid.update, state, sub_batch, key)
+  out["flops/update"] = _lowered_flops(functions.update, state, sub_batch,
+                                       key)
+  forward = lambda patch: _lowered_flops(
+      lambda p, x: functions.embed(p, x["image"], x["tokens"], patch),
+      state.params, sub_batch)
+  small = forward(functions.small_patch)
+  approx_factor = 1.0
+  if functions.large_patch:
+    approx_factor = forward(functions.large_patch) / small
+  out["flops/approx_factor"] = approx_factor
+  if functions.selecting:
+    out["flops/score"] = _lowered_flops(functions.score, state.params,
+                                        super_batch)
+    learner = jax.eval_shape(functions.score, state.params, super_batch)
+    ref = None if reference is None else selection.Embeddings(**reference)
+    out["flops/select"] = _lowered_flops(functions.select, key, learner, ref)
+  out["flops/paper_ratio"] = paper_flops_ratio(functions.config,
+                                               approx_factor)
+  return out
+
+
+def _compiled_flops(compiled):
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost["flops"])
+
+
+def make_train_step(model, optimizer, config, mesh):
+  """The jitted step `(state, super_batch, reference, key) -> (state,
+  metrics)`; see `StepFunctions`."""
+  return StepFunctions(model, optimizer, config, mesh).jit_step()
 
 
 # -------------------------------------------------------------- the run --
@@ -189,8 +332,9 @@ def _save_config(workdir, config):
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def load_reference(config, split):
-  """The reference cache for `split`, checked against data and checkpoint."""
+def load_reference(config, train_input):
+  """The reference cache for the training data, checked against the data's
+  fingerprint and (if `config.reference.workdir` is set) the checkpoint."""
   if not config_lib.needs_reference(config):
     return None
   checkpoint_fingerprint = None
@@ -199,8 +343,9 @@ def load_reference(config, split):
     checkpoint_fingerprint = reference_cache.params_fingerprint(params)
   try:
     return reference_cache.load(
-        config.reference.cache_dir, dataset_fingerprint=split.fingerprint,
-        count=len(split), checkpoint_fingerprint=checkpoint_fingerprint)
+        config.reference.cache_dir,
+        dataset_fingerprint=train_input.fingerprint, count=len(train_input),
+        checkpoint_fingerprint=checkpoint_fingerprint)
   except reference_cache.CacheError as e:
     raise TrainingError(str(e)) from None
 
@@ -227,16 +372,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     _save_config(workdir, config)
 
   # data
-  split = input_pipeline.load_split(config.data, config.data.split)
   super_batch_size = config_lib.super_batch_size(config)
-  reference = load_reference(config, split)
+  train_input = input_pipeline.TrainInput(config.data, config.data.split,
+                                          super_batch_size, config.seed)
+  reference = load_reference(config, train_input)
   tokenizer = input_pipeline.tokenizer()
 
   # model and optimiser
   model = build_model(config, tokenizer.vocab_size)
   optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  image_shape = split.arrays["image"].shape[1:]
-  state = init_state(model, optimizer, config, mesh, image_shape,
+  state = init_state(model, optimizer, config, mesh, train_input.image_shape,
                      config.data.max_tokens)
 
   # checkpoint / resume
@@ -251,8 +396,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                     enabled=lead)
 
   # step and evaluation
-  train_step = make_train_step(model, optimizer, config, mesh)
-  encoder = evaluate.Encoder(model, mesh, config.eval.batch_size)
+  functions = StepFunctions(model, optimizer, config, mesh)
+  train_step = None  # Compiled at the first step, from its real inputs.
+  flops = {}
+  encoders = {"": evaluate.Encoder(model, mesh, config.eval.batch_size,
+                                   patch_size=functions.small_patch)}
+  if config.patch.eval_large:
+    encoders["large/"] = evaluate.Encoder(model, mesh, config.eval.batch_size,
+                                          patch_size=functions.large_patch)
+
+  def run_evals(params):
+    results = {}
+    for prefix, encoder in encoders.items():
+      for key, value in evaluate.evaluate(encoder, params, config.data).items():
+        results[key.replace("eval/", f"eval/{prefix}")] = value
+    return results
   base_key = jax.random.key(config.seed)
   progress = metrics_lib.Progress(config.total_steps, start_step,
                                   super_batch_size, name=config.method)
@@ -271,16 +429,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if stop_after is not None:
     last_step = min(last_step, stop_after)
   for step in range(start_step + 1, last_step + 1):
-    indices = input_pipeline.step_indices(config.seed, step - 1,
-                                          super_batch_size, len(split))
-    super_batch = split.take(indices, keys=("image", "tokens", "corrupt"))
+    super_batch = train_input.batch(step - 1)
+    record_indices = super_batch.pop("index")
     ref_batch = None
     if reference is not None:
-      ref_image, ref_text = reference.take(indices)
+      ref_image, ref_text = reference.take(record_indices)
       ref_batch = dict(image=ref_image, text=ref_text,
                        temperature=np.float32(reference.temperature),
                        bias=np.float32(reference.bias))
     key = jax.random.fold_in(base_key, step)
+    if train_step is None:
+      lowered = functions.jit_step().lower(state, super_batch, ref_batch, key)
+      train_step = lowered.compile()
+      flops = measure_flops(functions, state, super_batch, ref_batch, key)
+      flops["flops/step"] = _compiled_flops(train_step)
+      # Like for like: both from the unoptimised programs' cost analysis.
+      flops["flops/ratio_to_iid"] = (
+          _lowered_cost(lowered) / flops["flops/iid_step"])
+      if reference is not None and "build_flops" in reference.manifest:
+        flops["flops/reference_cache"] = reference.manifest["build_flops"]
+      if lead:
+        with open(os.path.join(workdir, "flops.json"), "w") as f:
+          json.dump(flops, f, indent=2, sort_keys=True)
     state, step_metrics = train_step(state, super_batch, ref_batch, key)
     if step == start_step + 1:  # Rates exclude compilation.
       jax.block_until_ready(state)
@@ -293,10 +463,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       row["train/lr"] = float(schedule(step - 1))
       row["examples_seen"] = step * config.batch_size
       row["examples_scored"] = step * super_batch_size
+      row["flops/step"] = flops["flops/step"]
+      row["flops/total"] = step * flops["flops/step"]
       row["train/examples_per_s"] = progress.log(step, row["train/loss"])
       logged.append(row)
     if step % config.eval_every == 0 or step == config.total_steps:
-      final_eval = evaluate.evaluate(encoder, state.params, config.data)
+      final_eval = run_evals(state.params)
       row.update(final_eval)
       row.setdefault("examples_seen", step * config.batch_size)
       logging.info("%s step %d eval %s", config.method, step,
@@ -311,10 +483,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer.close()
 
   if not final_eval:  # Already finished before this process started.
-    final_eval = evaluate.evaluate(encoder, state.params, config.data)
+    final_eval = run_evals(state.params)
   previous = [r for r in metrics_lib.read_metrics(workdir)] if lead else logged
   summary = dict(step=int(step), wall_seconds=time.perf_counter() - t_start)
   summary.update(final_eval)
+  summary.update(flops)
   for key in ("select/corrupt_fraction", "select/pool_corrupt_fraction"):
     values = [r[key] for r in previous if key in r]
     if values:
