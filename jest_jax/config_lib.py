@@ -66,16 +66,36 @@ def base_config():
   config.checkpoint_every = 250
   config.keep_checkpoints = 2
 
+  # The data (jest_jax/input_pipeline.py): the built-in corpus, or a prepared
+  # TFDS dataset in ArrayRecord files (e.g. a converted folder).
   config.data = ml_collections.ConfigDict()
-  config.data.name = "builtin"
+  config.data.name = "builtin"  # "builtin" or "tfds".
   config.data.split = "train"
+  config.data.data_dir = ""  # "": $JEST_JAX_DATA_DIR or data_cache/tfds.
+  config.data.tfds_name = ""  # name="tfds": "name[/config][:version]".
+  config.data.image_key = "image"  # name="tfds": the feature names.
+  config.data.text_key = "caption"
+  config.data.corrupt_key = ""  # Optional bool feature (ground truth).
+  config.data.tokenizer = ""  # A SentencePiece .model; "": the data's own.
+  # Preprocessing on the host: decode, crop, resize, tokenize, pad / cut.
+  config.data.image_size = 32
+  config.data.crop = "center"  # "center" (square crop first) or "none".
+  config.data.resize_method = "bilinear"
+  config.data.max_tokens = 16  # Token budget of a caption, eos included.
+  # Bad records (undecodable image, missing / empty caption): "skip" (replace
+  # by the next good record, counted and logged) or "error".
+  config.data.bad_records = "skip"
+  config.data.long_captions = "truncate"  # Or "bad": a bad record.
+  # Loading: batches read ahead (threads) and worker processes (0: none).
+  config.data.prefetch = 2
+  config.data.num_workers = 0
+  # The built-in corpus (also the zero-shot / retrieval probes of any data).
   config.data.seed = 0
   config.data.n_train = 100_000
   config.data.n_curated = 30_000
   config.data.n_retrieval = 1_000
   config.data.n_zeroshot = 1_000
   config.data.noise_rate = 0.5
-  config.data.max_tokens = 16
 
   config.model = ml_collections.ConfigDict()
   config.model.image = ml_collections.ConfigDict(
@@ -99,7 +119,9 @@ def base_config():
   config.selection.scoring = "learnability"
   config.selection.filter_ratio = 0.0
   config.selection.n_chunks = 16
-  config.selection.gain = 1.0
+  # Measured on the built-in corpus (benchmarks/gain.py): 1 under-selects,
+  # 10 and 100 are alike.
+  config.selection.gain = 10.0
   config.selection.loss = "sigmoid"
   # "global": exact selection over the whole super-batch (one psum of a
   # length-B vector per chunk); "local": each data shard selects b/D of its
@@ -210,12 +232,7 @@ def validate(config, num_devices=1):
     fail("optim.b2", "must be in [0, 1)")
   if config.optim.warmup_steps < 0:
     fail("optim.warmup_steps", "must be >= 0")
-  if config.data.name != "builtin":
-    fail("data.name", "only the built-in corpus ('builtin') is available")
-  if config.data.split not in ("train", "curated"):
-    fail("data.split", "must be 'train' or 'curated'")
-  if not 0.0 <= config.data.noise_rate <= 1.0:
-    fail("data.noise_rate", "must be in [0, 1]")
+  _validate_data(config, fail)
 
 
 def _validate_patches(config, fail):
@@ -237,6 +254,43 @@ def _validate_patches(config, fail):
   if needs_large and not patch.large:
     fail("patch.large", "set a large patch size for large_fraction > 0, "
          "score='large' or eval_large")
+
+
+def _validate_data(config, fail):
+  """The checks of `config.data` (see input_pipeline.py for the keys)."""
+  data = config.data
+  if data.name not in ("builtin", "tfds"):
+    fail("data.name", "must be 'builtin' (the built-in corpus) or 'tfds' (a "
+         "prepared TFDS dataset, e.g. a converted folder)")
+  if data.name == "builtin" and data.split not in ("train", "curated"):
+    fail("data.split", "the built-in corpus trains on 'train' or 'curated'")
+  if data.name == "tfds" and not data.tfds_name:
+    fail("data.tfds_name", "name the prepared dataset to read (e.g. the "
+         "--name given to `python -m jest_jax.data.convert_folder`)")
+  if data.name == "tfds" and (not data.image_key or not data.text_key):
+    fail("data.image_key" if not data.image_key else "data.text_key",
+         "name the dataset's image and caption features")
+  if not 0.0 <= data.noise_rate <= 1.0:
+    fail("data.noise_rate", "must be in [0, 1]")
+  if data.image_size <= 0:
+    fail("data.image_size", "must be a positive number of pixels")
+  if data.image_size != config.model.image.image_size:
+    fail("data.image_size", f"must equal config.model.image.image_size="
+         f"{config.model.image.image_size} (the model's input)")
+  if data.crop not in ("center", "none"):
+    fail("data.crop", "must be 'center' or 'none'")
+  if data.resize_method not in ("bilinear", "bicubic", "nearest", "area"):
+    fail("data.resize_method",
+         "must be 'bilinear', 'bicubic', 'nearest' or 'area'")
+  if data.max_tokens < 2:
+    fail("data.max_tokens", "must leave room for a token and eos (>= 2)")
+  if data.bad_records not in ("skip", "error"):
+    fail("data.bad_records", "must be 'skip' or 'error'")
+  if data.long_captions not in ("truncate", "bad"):
+    fail("data.long_captions", "must be 'truncate' or 'bad'")
+  if data.prefetch < 0 or data.num_workers < 0:
+    fail("data.prefetch" if data.prefetch < 0 else "data.num_workers",
+         "must be >= 0")
 
 
 def _get(config, dotted):
