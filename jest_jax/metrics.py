@@ -88,6 +88,10 @@ class Progress:
     self._t0 = time.perf_counter()
     self._step0 = step
 
+  def exclude(self, seconds):
+    """Leaves `seconds` (evals, checkpoints) out of the training rates."""
+    self._t0 += seconds
+
   def rate(self, step):
     """(steps/s, examples/s) since the first step of this process."""
     elapsed = time.perf_counter() - self._t0
@@ -96,13 +100,14 @@ class Progress:
     return steps_per_s, steps_per_s * self.examples_per_step
 
   def log(self, step, loss):
+    """Logs the progress line; returns (examples/s, seconds per step)."""
     steps_per_s, examples_per_s = self.rate(step)
     remaining = self.total_steps - step
     eta = remaining / steps_per_s if steps_per_s > 0 else float("nan")
     logging.info("%s step %d/%d | loss %.4f | %.0f examples/s | ETA %s",
                  self.name, step, self.total_steps, loss, examples_per_s,
                  _format_seconds(eta))
-    return examples_per_s
+    return examples_per_s, (1.0 / steps_per_s if steps_per_s else float("nan"))
 
 
 def _format_seconds(seconds):

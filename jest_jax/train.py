@@ -465,10 +465,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       row["examples_scored"] = step * super_batch_size
       row["flops/step"] = flops["flops/step"]
       row["flops/total"] = step * flops["flops/step"]
-      row["train/examples_per_s"] = progress.log(step, row["train/loss"])
+      row["train/examples_per_s"], row["train/step_seconds"] = progress.log(
+          step, row["train/loss"])
       logged.append(row)
     if step % config.eval_every == 0 or step == config.total_steps:
+      t_eval = time.perf_counter()
       final_eval = run_evals(state.params)
+      progress.exclude(time.perf_counter() - t_eval)
       row.update(final_eval)
       row.setdefault("examples_seen", step * config.batch_size)
       logging.info("%s step %d eval %s", config.method, step,
@@ -476,9 +479,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if row:
       writer.write(step, row)
     if step % config.checkpoint_every == 0 or step == last_step:
+      t_save = time.perf_counter()
       check_finite(step, float(step_metrics["train/loss"]))
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state)))
+      progress.exclude(time.perf_counter() - t_save)
   manager.wait_until_finished()
   writer.close()
 
