@@ -25,12 +25,6 @@ from jest_jax import reference_cache
 from jest_jax import sharding
 from jest_jax import train
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The reference run's workdir.")
-_SPLIT = flags.DEFINE_string("split", "train", "Split to embed.")
-_OUTPUT = flags.DEFINE_string("output", None,
-                              "Cache directory (default WORKDIR/embeddings/SPLIT).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
-                           "Stored dtype of the embeddings.")
 
 
 def load_run_config(workdir):
@@ -96,5 +90,18 @@ def main(argv):
   print(f"reference embeddings written to {output}")
 
 
+def _define_flags():
+  """CLI flags, defined only when this module is the program (other
+  programs import its functions)."""
+  global _WORKDIR, _SPLIT, _OUTPUT, _DTYPE
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The reference run's workdir.")
+  _SPLIT = flags.DEFINE_string("split", "train", "Split to embed.")
+  _OUTPUT = flags.DEFINE_string("output", None,
+                                "Cache directory (default WORKDIR/embeddings/SPLIT).")
+  _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                             "Stored dtype of the embeddings.")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -28,16 +28,6 @@ from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
 from jest_jax import train
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
-_STEPS = flags.DEFINE_integer("steps", 1500, "Learner steps (IID and JEST).")
-_REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 1500,
-                                        "Reference model steps.")
-_FILTER_RATIO = flags.DEFINE_float("filter_ratio", 0.8, "JEST's f.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the learners and reference.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 250, "Steps between evals.")
-_OVERRIDES = flags.DEFINE_multi_string(
-    "set", [], "Config overrides for every run, key=value (e.g. "
-    "data.n_train=20000); may repeat.")
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(jest_jax.__file__))), "configs")
@@ -178,5 +168,23 @@ def main(argv):
         "reference/ iid/ jest/ with metrics.jsonl and checkpoints)")
 
 
+def _define_flags():
+  """CLI flags, defined only when this module is the program (other
+  programs import its functions)."""
+  global _WORKDIR, _STEPS, _REFERENCE_STEPS, _FILTER_RATIO, _SEED
+  global _EVAL_EVERY, _OVERRIDES
+  _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
+  _STEPS = flags.DEFINE_integer("steps", 3000, "Learner steps (IID and JEST).")
+  _REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 4000,
+                                          "Reference model steps.")
+  _FILTER_RATIO = flags.DEFINE_float("filter_ratio", 0.8, "JEST's f.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the learners and reference.")
+  _EVAL_EVERY = flags.DEFINE_integer("eval_every", 250, "Steps between evals.")
+  _OVERRIDES = flags.DEFINE_multi_string(
+      "set", [], "Config overrides for every run, key=value (e.g. "
+      "data.n_train=20000); may repeat.")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
