@@ -24,6 +24,7 @@ from absl import logging
 import jest_jax
 from jest_jax import cache_reference
 from jest_jax import config_lib
+from jest_jax import input_pipeline
 from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
 from jest_jax import train
@@ -159,7 +160,7 @@ def main(argv):
         filter_ratio=_FILTER_RATIO.value, seed=_SEED.value,
         eval_every=_EVAL_EVERY.value, overrides=_OVERRIDES.value)
   except (config_lib.ConfigError, train.TrainingError,
-          reference_cache.CacheError) as e:
+          reference_cache.CacheError, input_pipeline.DataError) as e:
     sys.exit(f"error: {e}")
   print()
   print(format_table(summary))

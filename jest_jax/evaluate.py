@@ -61,7 +61,7 @@ class Encoder:
 
 def zeroshot_classifier(encoder, params, config_data):
   """Class embeddings `[num_classes, d]`: the normalised mean over prompts."""
-  tok = input_pipeline.tokenizer()
+  tok = input_pipeline.tokenizer(config_data)
   names, templates = corpus.class_names(), corpus.prompt_templates()
   prompts = [t.format(name) for name in names for t in templates]
   tokens = tok.encode(prompts, config_data.max_tokens)

@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jest_jax import config_lib
+from jest_jax import input_pipeline
 from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
 from jest_jax import train
@@ -35,7 +36,7 @@ def main(argv):
   try:
     summary, _ = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, train.TrainingError,
-          reference_cache.CacheError) as e:
+          reference_cache.CacheError, input_pipeline.DataError) as e:
     sys.exit(f"error: {e}")
   logging.info("done: %s", summary)
   print(json.dumps(summary, sort_keys=True))

@@ -10,15 +10,24 @@ Layout of a cache directory:
   text.npy     [N, d] text embeddings
   manifest.json  what produced it: dataset fingerprint and size, reference
                  checkpoint fingerprint and step, model description, dtype,
-                 temperature, bias.
-A cache is written to a temporary directory and renamed into place, so a
-directory with a manifest is always complete. `load` refuses a cache made
-from other data or another checkpoint, a truncated one, and a non-finite one.
+                 temperature, bias (and how the build went).
+A cache directory with a manifest is always complete: `write` and
+`CacheBuilder` assemble it in `CACHE_DIR.partial` and rename it into place.
+`load` refuses a cache made from other data or another checkpoint, a
+truncated one, and a non-finite one.
+
+Building is resumable and shardable (`CacheBuilder`): the records are cut
+into fixed chunks; each chunk's embeddings are written atomically to
+`CACHE_DIR.partial/chunks/`, next to `build.json` (what is being built). A
+rerun of the same build skips the chunks already there; any number of
+processes can each build a disjoint share of the chunks; whoever finds all
+chunks present assembles the cache.
 
 CLI (after a reference run):
   python -m jest_jax.cache_reference --workdir runs/reference
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -66,9 +75,7 @@ def write(cache_dir, image_emb, text_emb, *, temperature, bias,
           dataset_fingerprint, checkpoint_fingerprint, checkpoint_step,
           model_description, dtype="float32"):
   """Writes a complete cache atomically (temporary directory + rename)."""
-  if dtype not in _DTYPES:
-    raise CacheError(f"cache dtype {dtype!r} unsupported; use one of "
-                     f"{sorted(_DTYPES)}")
+  _check_dtype(dtype)
   if image_emb.shape != text_emb.shape:
     raise CacheError(f"image {image_emb.shape} and text {text_emb.shape} "
                      "embeddings must have the same shape")
@@ -87,13 +94,165 @@ def write(cache_dir, image_emb, text_emb, *, temperature, bias,
       dataset_fingerprint=dataset_fingerprint,
       checkpoint_fingerprint=checkpoint_fingerprint,
       checkpoint_step=int(checkpoint_step), model=model_description)
+  _publish(tmp, cache_dir, manifest)
+  return manifest
+
+
+def _check_dtype(dtype):
+  if dtype not in _DTYPES:
+    raise CacheError(f"cache dtype {dtype!r} unsupported; use one of "
+                     f"{sorted(_DTYPES)}")
+
+
+def _publish(tmp, cache_dir, manifest):
+  """Writes the manifest into the assembled `tmp` and renames it to
+  `cache_dir` (replacing an older cache there)."""
   with open(os.path.join(tmp, MANIFEST), "w") as f:
     json.dump(manifest, f, indent=2, sort_keys=True)
   if os.path.exists(cache_dir):
     shutil.rmtree(cache_dir)
   os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), exist_ok=True)
   os.replace(tmp, cache_dir)
-  return manifest
+
+
+class CacheBuilder:
+  """A resumable, shardable build of one cache.
+
+  Args:
+    cache_dir: where the finished cache goes.
+    count: number of records, N.
+    chunk_size: records per chunk (the unit of resumption and sharding).
+    identity: JSON-able dict naming what is built (dataset and checkpoint
+      fingerprints, dtype, ...). A partial build with another identity is
+      discarded, never mixed in.
+  """
+
+  def __init__(self, cache_dir, *, count, chunk_size, identity):
+    if count <= 0 or chunk_size <= 0:
+      raise CacheError(f"nothing to build: count={count}, "
+                       f"chunk_size={chunk_size}")
+    _check_dtype(identity.get("dtype", "float32"))
+    self.cache_dir = cache_dir.rstrip("/")
+    self.partial = self.cache_dir + ".partial"
+    self.count, self.chunk_size = count, chunk_size
+    self.identity = dict(identity, count=count, chunk_size=chunk_size)
+    self.chunks = [(start, min(start + chunk_size, count))
+                   for start in range(0, count, chunk_size)]
+    with self._locked():
+      build_file = os.path.join(self.partial, "build.json")
+      try:
+        with open(build_file) as f:
+          same = json.load(f) == self.identity
+      except (OSError, ValueError):
+        same = False
+      if not same:
+        shutil.rmtree(self.partial, ignore_errors=True)
+        os.makedirs(os.path.join(self.partial, "chunks"))
+        _write_json_atomically(build_file, self.identity)
+
+  def _locked(self):
+    return _FileLock(self.cache_dir + ".lock")
+
+  def _chunk_path(self, start, stop):
+    return os.path.join(self.partial, "chunks", f"{start:012d}-{stop:012d}.npz")
+
+  def shard(self, shard_index=0, num_shards=1):
+    """This shard's chunks `[(start, stop), ...]`: every `num_shards`-th."""
+    if not 0 <= shard_index < num_shards:
+      raise CacheError(f"shard {shard_index} of {num_shards} does not exist")
+    return self.chunks[shard_index::num_shards]
+
+  def done(self, start, stop):
+    return os.path.exists(self._chunk_path(start, stop))
+
+  def missing(self):
+    return [chunk for chunk in self.chunks if not self.done(*chunk)]
+
+  def write_chunk(self, start, image_emb, text_emb):
+    """Stores the float32 `[stop - start, d]` embeddings of one chunk."""
+    stop = min(start + self.chunk_size, self.count)
+    if (start, stop) not in self.chunks:
+      raise CacheError(f"{start} does not start a chunk of {self.chunk_size}")
+    image_emb = np.asarray(image_emb, np.float32)
+    text_emb = np.asarray(text_emb, np.float32)
+    if image_emb.shape != text_emb.shape or len(image_emb) != stop - start:
+      raise CacheError(f"chunk [{start}, {stop}) got image {image_emb.shape} "
+                       f"and text {text_emb.shape} embeddings")
+    if not (np.all(np.isfinite(image_emb)) and np.all(np.isfinite(text_emb))):
+      raise CacheError(f"the reference produced non-finite embeddings for "
+                       f"records [{start}, {stop}); the reference checkpoint "
+                       "is broken, retrain it")
+    path = self._chunk_path(start, stop)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, image=image_emb, text=text_emb)
+    os.replace(tmp, path)
+
+  def finish(self, **manifest_fields):
+    """Assembles the cache if every chunk is there.
+
+    Args:
+      **manifest_fields: temperature, bias, checkpoint_step,
+        model_description, and anything else to record.
+    Returns:
+      The manifest, or None while chunks are missing (other shards).
+    """
+    with self._locked():
+      if not os.path.exists(self.partial):  # Another shard finished it.
+        return read_manifest(self.cache_dir)
+      if self.missing():
+        return None
+      dtype = self.identity.get("dtype", "float32")
+      dim = None
+      arrays = {}
+      for start, stop in self.chunks:
+        with np.load(self._chunk_path(start, stop)) as chunk:
+          if dim is None:
+            dim = chunk["image"].shape[1]
+            for name in ("image", "text"):
+              arrays[name] = np.lib.format.open_memmap(
+                  os.path.join(self.partial, f"{name}.npy"), mode="w+",
+                  dtype=_DTYPES[dtype], shape=(self.count, dim))
+          for name in ("image", "text"):
+            arrays[name][start:stop] = chunk[name].astype(_DTYPES[dtype])
+      for array in arrays.values():
+        array.flush()
+      del arrays
+      shutil.rmtree(os.path.join(self.partial, "chunks"))
+      os.remove(os.path.join(self.partial, "build.json"))
+      manifest = dict(
+          format_version=FORMAT_VERSION, count=self.count, dim=int(dim),
+          dtype=dtype, chunks=len(self.chunks),
+          dataset_fingerprint=self.identity["dataset_fingerprint"],
+          checkpoint_fingerprint=self.identity["checkpoint_fingerprint"])
+      manifest.update(manifest_fields)
+      manifest["temperature"] = float(manifest["temperature"])
+      manifest["bias"] = float(manifest["bias"])
+      manifest["checkpoint_step"] = int(manifest["checkpoint_step"])
+      _publish(self.partial, self.cache_dir, manifest)
+      return manifest
+
+
+class _FileLock:
+  """An exclusive `fcntl` lock on a file, for a `with` block."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __enter__(self):
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    self._file = open(self.path, "a")
+    fcntl.flock(self._file, fcntl.LOCK_EX)
+
+  def __exit__(self, *exc):
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
+
+
+def _write_json_atomically(path, value):
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
 
 
 def read_manifest(cache_dir):

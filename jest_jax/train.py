@@ -392,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_input = input_pipeline.TrainInput(config.data, config.data.split,
                                           super_batch_size, config.seed)
   reference = load_reference(config, train_input)
-  tokenizer = input_pipeline.tokenizer()
+  tokenizer = input_pipeline.tokenizer(config.data)
 
   # model and optimiser
   model = build_model(config, tokenizer.vocab_size)
@@ -479,6 +479,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       row["train/lr"] = float(schedule(step - 1))
       row["examples_seen"] = step * config.batch_size
       row["examples_scored"] = step * super_batch_size
+      row["data/bad_records"] = train_input.bad_records
       row["flops/step"] = flops["flops/step"]
       row["flops/total"] = step * flops["flops/step"]
       row["train/examples_per_s"], row["train/step_seconds"] = progress.log(
@@ -502,6 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       progress.exclude(time.perf_counter() - t_save)
   manager.wait_until_finished()
   writer.close()
+  train_input.close()
 
   if not final_eval:  # Already finished before this process started.
     final_eval = run_evals(state.params)

@@ -1,8 +1,48 @@
-"""Step -> examples is a pure function of (seed, step), epoch by epoch."""
+"""The grain stream over the built-in corpus's ArrayRecord files.
 
+The obvious twin of the whole pipeline (write, read, decode, tokenize) is the
+in-memory corpus (`corpus.make_split`) indexed by the returned record
+indices; the twin of the order is "every epoch is a permutation".
+"""
+
+import ml_collections
 import numpy as np
+import pytest
 
+from jest_jax import config_lib
 from jest_jax import input_pipeline
+from jest_jax.data import corpus
+from jest_jax.data import tokenizer as tokenizer_lib
+
+N_TRAIN = 200
+
+
+@pytest.fixture(autouse=True)
+def _restore_active_tokenizer():
+  """`tokenizer()` without arguments follows the last data opened; keep
+  other test modules in this process on the built-in default."""
+  yield
+  input_pipeline._active_tokenizer = None  # pylint: disable=protected-access
+
+
+@pytest.fixture(scope="module")
+def config_data(tmp_path_factory):
+  config = config_lib.base_config()
+  config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.data.n_train = N_TRAIN
+  config.data.n_curated = 64
+  config.data.n_retrieval = 32
+  config.data.n_zeroshot = 48
+  return config.data
+
+
+def with_changes(config_data, **changes):
+  changed = ml_collections.ConfigDict(config_data.to_dict())
+  changed.update(changes)
+  return changed
+
+
+# ---------------------------------------------------------------- order --
 
 
 def test_step_indices_are_deterministic():
@@ -17,11 +57,14 @@ def test_different_seeds_give_different_orders():
   assert not np.array_equal(a, b)
 
 
-def test_each_epoch_visits_every_example_once():
+def test_each_epoch_visits_every_example_once_in_a_new_order():
   n, batch = 100, 10
-  epoch = np.concatenate([input_pipeline.step_indices(5, s, batch, n)
-                          for s in range(n // batch)])
-  np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
+  epochs = [np.concatenate([input_pipeline.step_indices(5, s, batch, n)
+                            for s in range(e * 10, (e + 1) * 10)])
+            for e in range(2)]
+  for epoch in epochs:
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
+  assert not np.array_equal(epochs[0], epochs[1])
 
 
 def test_batches_straddling_epochs_continue_the_stream():
@@ -32,3 +75,131 @@ def test_batches_straddling_epochs_continue_the_stream():
   np.testing.assert_array_equal(np.sort(stream[10:20]), np.arange(10))
   np.testing.assert_array_equal(input_pipeline.step_indices(0, 2, batch, n),
                                 stream[8:12])
+
+
+# -------------------------------------------------------------- content --
+
+
+def test_batch_equals_the_in_memory_corpus_at_its_record_indices(config_data):
+  train_input = input_pipeline.TrainInput(config_data, "train", 32, seed=0)
+  batch = train_input.batch(3)
+  assert set(batch) == {"image", "tokens", "corrupt", "index"}
+  assert batch["image"].dtype == np.uint8 and batch["tokens"].dtype == np.int32
+  np.testing.assert_array_equal(
+      batch["index"], input_pipeline.step_indices(0, 3, 32, N_TRAIN))
+  twin = corpus.make_split(input_pipeline.corpus_config(config_data), "train")
+  index = batch["index"]
+  np.testing.assert_array_equal(batch["image"], twin["image"][index])
+  np.testing.assert_array_equal(batch["corrupt"], twin["corrupt"][index])
+  tokenizer = input_pipeline.tokenizer(config_data)
+  assert tokenizer.decode(batch["tokens"]) == twin["caption"][index].tolist()
+  assert len(train_input) == N_TRAIN
+  assert train_input.image_shape == (32, 32, 3)
+
+
+def test_corpus_tokenizer_is_sentencepiece_and_agrees_with_word_twin(
+    config_data):
+  """The trained model has one piece per corpus word: every caption and
+  prompt maps to the word tokenizer's ids up to a fixed relabelling."""
+  tokenizer = input_pipeline.tokenizer(config_data)
+  assert isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer)
+  assert tokenizer.vocab_size == len(corpus.vocabulary()) + 3
+  words = tokenizer_lib.corpus_tokenizer()
+  cfg = input_pipeline.corpus_config(config_data)
+  texts = (corpus.make_split(cfg, "train")["caption"].tolist()
+           + corpus.make_split(cfg, "retrieval")["caption"].tolist()
+           + [t.format(name) for name in corpus.class_names()
+              for t in corpus.prompt_templates()])
+  pieces = tokenizer.encode(texts, 16)
+  twin = words.encode(texts, 16)
+  assert not np.any(pieces == tokenizer.unk_id)
+  assert np.all(np.sum(pieces == tokenizer.eos_id, axis=1) == 1)
+  relabel = {}
+  for piece, word in zip(pieces.reshape(-1), twin.reshape(-1)):
+    assert relabel.setdefault(int(piece), int(word)) == int(word)
+  assert len(set(relabel.values())) == len(relabel)
+
+
+def test_probe_splits_keep_labels_and_index_order(config_data):
+  split = input_pipeline.load_split(config_data, "zeroshot")
+  np.testing.assert_array_equal(split.arrays["index"], np.arange(48))
+  np.testing.assert_array_equal(split.arrays["label"], np.arange(48) % 48)
+  assert split.arrays["image"].shape == (48, 32, 32, 3)
+  assert split.bad_records == 0
+
+
+def test_fingerprint_follows_the_records_and_preprocessing(config_data):
+  base = input_pipeline.open_records(config_data, "train").fingerprint
+  same = input_pipeline.open_records(
+      with_changes(config_data, n_curated=32), "train").fingerprint
+  assert same == base  # The train split does not depend on n_curated.
+  for change in (dict(n_train=N_TRAIN + 8), dict(max_tokens=12),
+                 dict(long_captions="bad")):
+    other = input_pipeline.open_records(with_changes(config_data, **change),
+                                        "train")
+    assert other.fingerprint != base, change
+
+
+# ------------------------------------------------ resume, shards, workers --
+
+
+def _assert_batches_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_resumed_iteration_equals_uninterrupted_iteration(config_data):
+  uninterrupted = input_pipeline.TrainInput(config_data, "train", 48, seed=1)
+  reference = [uninterrupted.batch(step) for step in range(8)]  # Prefetched.
+  resumed = input_pipeline.TrainInput(config_data, "train", 48, seed=1)
+  for step in range(5, 8):
+    _assert_batches_equal(resumed.batch(step), reference[step])
+  for step, batch in zip(range(2, 8), resumed.batches(2)):
+    _assert_batches_equal(batch, reference[step])
+  uninterrupted.close()
+  resumed.close()
+
+
+def test_process_shards_are_disjoint_and_complete(config_data):
+  batch_size, processes = 40, 4
+  whole = input_pipeline.TrainInput(config_data, "train", batch_size, seed=2,
+                                    process_index=0, process_count=1)
+  shards = [input_pipeline.TrainInput(config_data, "train", batch_size,
+                                      seed=2, process_index=p,
+                                      process_count=processes)
+            for p in range(processes)]
+  seen = []
+  for step in range(N_TRAIN // batch_size):  # One epoch.
+    parts = [shard.batch(step) for shard in shards]
+    for part in parts:
+      assert len(part["index"]) == batch_size // processes
+    _assert_batches_equal(
+        {k: np.concatenate([p[k] for p in parts]) for k in parts[0]},
+        whole.batch(step))
+    seen += [part["index"] for part in parts]
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)),
+                                np.arange(N_TRAIN))
+
+
+def test_worker_processes_give_the_same_batches(config_data):
+  in_process = input_pipeline.TrainInput(config_data, "train", 32, seed=0)
+  workers = input_pipeline.TrainInput(
+      with_changes(config_data, num_workers=2), "train", 32, seed=0)
+  batches = workers.batches(4)
+  for step in range(4, 7):
+    _assert_batches_equal(next(batches), in_process.batch(step))
+  batches.close()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("name", "tfds", "data.tfds_name=''"),
+    ("image_size", 64, "must equal config.model.image.image_size=32"),
+    ("bad_records", "ignore", "must be 'skip' or 'error'"),
+    ("crop", "random", "must be 'center' or 'none'"),
+])
+def test_config_validation_names_the_bad_data_key(key, value, message):
+  config = config_lib.base_config()
+  config.data[key] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config)

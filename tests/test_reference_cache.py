@@ -108,3 +108,85 @@ def test_params_fingerprint_changes_with_any_value():
   assert reference_cache.params_fingerprint(params) == before
   params["b"]["c"][2] = 1.5
   assert reference_cache.params_fingerprint(params) != before
+
+
+# ------------------------------------------------- resumable, sharded builds --
+
+IDENTITY = dict(dataset_fingerprint="data1", checkpoint_fingerprint="ckpt1",
+                dtype="float32")
+FIELDS = dict(temperature=12.5, bias=-9.0, checkpoint_step=100,
+              model={"variant": "pico"})
+
+
+def _embeddings(n=23, d=4):
+  rng = np.random.default_rng(1)
+  return rng.normal(size=(2, n, d)).astype(np.float32)
+
+
+def _builder(path, **identity):
+  return reference_cache.CacheBuilder(
+      str(path), count=23, chunk_size=5, identity=dict(IDENTITY, **identity))
+
+
+def _write_chunks(builder, image, text, chunks):
+  for start, stop in chunks:
+    builder.write_chunk(start, image[start:stop], text[start:stop])
+
+
+def test_interrupted_build_leaves_no_cache_and_resumes_to_the_same_cache(
+    tmp_path):
+  image, text = _embeddings()
+  first = _builder(tmp_path / "cache")
+  _write_chunks(first, image, text, first.chunks[:2])  # Then "preempted".
+  assert first.finish(**FIELDS) is None
+  assert not os.path.exists(tmp_path / "cache")
+  with pytest.raises(reference_cache.CacheError, match="no reference cache"):
+    _load(tmp_path / "cache", count=23)
+  resumed = _builder(tmp_path / "cache")
+  assert resumed.missing() == resumed.chunks[2:]  # Kept the done chunks.
+  _write_chunks(resumed, image, text, resumed.missing())
+  manifest = resumed.finish(**FIELDS)
+  assert manifest["count"] == 23 and manifest["chunks"] == 5
+  cache = _load(tmp_path / "cache", count=23)
+  np.testing.assert_array_equal(cache.image, image)
+  np.testing.assert_array_equal(cache.text, text)
+  assert not os.path.exists(str(tmp_path / "cache") + ".partial")
+
+
+def test_shards_build_disjoint_chunks_and_the_last_assembles(tmp_path):
+  image, text = _embeddings()
+  shards = [_builder(tmp_path / "cache") for _ in range(3)]
+  owned = [shard.shard(index, 3) for index, shard in enumerate(shards)]
+  assert sorted(sum(owned, [])) == shards[0].chunks
+  for shard, chunks in zip(shards[:2], owned[:2]):
+    _write_chunks(shard, image, text, chunks)
+    assert shard.finish(**FIELDS) is None
+  _write_chunks(shards[2], image, text, owned[2])
+  assert shards[2].finish(**FIELDS)["count"] == 23
+  assert shards[0].finish(**FIELDS)["count"] == 23  # Already assembled.
+  np.testing.assert_array_equal(_load(tmp_path / "cache", count=23).text, text)
+
+
+def test_partial_build_for_other_data_is_discarded_not_mixed_in(tmp_path):
+  image, text = _embeddings()
+  stale = _builder(tmp_path / "cache", dataset_fingerprint="old")
+  _write_chunks(stale, image + 1.0, text, stale.chunks[:3])
+  fresh = _builder(tmp_path / "cache")
+  assert fresh.missing() == fresh.chunks
+  _write_chunks(fresh, image, text, fresh.chunks)
+  fresh.finish(**FIELDS)
+  np.testing.assert_array_equal(_load(tmp_path / "cache", count=23).image,
+                                image)
+
+
+def test_builder_refuses_non_finite_chunks_and_stores_bfloat16(tmp_path):
+  image, text = _embeddings()
+  builder = _builder(tmp_path / "cache", dtype="bfloat16")
+  bad = image[:5].copy()
+  bad[1, 1] = np.inf
+  with pytest.raises(reference_cache.CacheError, match=r"non-finite.*\[0, 5\)"):
+    builder.write_chunk(0, bad, text[:5])
+  _write_chunks(builder, image, text, builder.chunks)
+  assert builder.finish(**FIELDS)["dtype"] == "bfloat16"
+  cache = _load(tmp_path / "cache", count=23)
+  np.testing.assert_allclose(cache.image, image, rtol=1e-2, atol=1e-2)

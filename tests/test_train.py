@@ -107,7 +107,8 @@ def test_cache_equals_direct_reference_inference(reference_run):
   from jest_jax import cache_reference, evaluate, input_pipeline, sharding
   config = cache_reference.load_run_config(workdir)
   params, _ = train.restore_params(workdir)
-  model = train.build_model(config, input_pipeline.tokenizer().vocab_size)
+  model = train.build_model(
+      config, input_pipeline.tokenizer(config.data).vocab_size)
   split = input_pipeline.load_split(config.data, "train")
   zimg, ztxt, _ = model.apply(
       {"params": params},

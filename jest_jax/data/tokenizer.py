@@ -1,11 +1,19 @@
-"""Word-level tokenizer over a closed vocabulary (the built-in corpus's).
+"""Tokenizers: SentencePiece (what the pipeline uses) and a word-level one.
 
-The interface is what a SentencePiece tokenizer can also offer: `vocab_size`,
-`encode(texts, max_len) -> int32 [n, max_len]`, `decode(tokens) -> list[str]`.
-Ids: 0 pad, 1 eos, 2 unk, then the words in the vocabulary's order.
+Both offer `vocab_size`, `encode(texts, max_len) -> int32 [n, max_len]` and
+`decode(tokens) -> list[str]`. Ids: 0 pad, 1 eos, 2 unk (for SentencePiece
+models trained here; a user's `.model` keeps its own ids).
+
+`WordTokenizer` maps the built-in corpus's closed vocabulary to ids in a fixed
+order; it is the obvious twin the SentencePiece model trained on the corpus is
+checked against. `train_sentencepiece` trains a model once on a dataset's
+captions; `SentencePieceTokenizer` loads one.
 """
 
 from collections.abc import Sequence
+import hashlib
+import io
+import os
 
 import numpy as np
 
@@ -82,3 +90,120 @@ class WordTokenizer:
 def corpus_tokenizer() -> WordTokenizer:
   """The built-in corpus's tokenizer (the same ids on every call)."""
   return WordTokenizer(corpus.vocabulary())
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model behind the `WordTokenizer` interface.
+
+  Built from the model's serialized bytes, so it pickles (grain workers) and
+  its `fingerprint` names exactly the model in use. Ids are the model's own;
+  a model without a pad id pads with 0, one without eos appends nothing.
+
+  Attributes:
+    vocab_size: number of pieces, special ones included.
+    pad_id, eos_id, unk_id: the model's special ids.
+    fingerprint: short hex hash of the model bytes.
+  """
+
+  def __init__(self, model_proto: bytes):
+    import sentencepiece  # pylint: disable=g-import-not-at-top
+    self._model_proto = bytes(model_proto)
+    self._processor = sentencepiece.SentencePieceProcessor(
+        model_proto=self._model_proto)
+    self.vocab_size = self._processor.get_piece_size()
+    self.pad_id = max(self._processor.pad_id(), 0)
+    self.eos_id = self._processor.eos_id()
+    self.unk_id = self._processor.unk_id()
+    self.fingerprint = hashlib.sha256(self._model_proto).hexdigest()[:16]
+
+  @classmethod
+  def load(cls, path: str) -> "SentencePieceTokenizer":
+    """Reads a `.model` file."""
+    with open(path, "rb") as f:
+      return cls(f.read())
+
+  def __getstate__(self):
+    return self._model_proto
+
+  def __setstate__(self, model_proto):
+    self.__init__(model_proto)
+
+  @property
+  def model_proto(self) -> bytes:
+    return self._model_proto
+
+  def encode_with_lengths(self, texts: Sequence[str], max_len: int):
+    """Token ids and the untruncated lengths.
+
+    Returns:
+      `(tokens, lengths)`: int32 `[n, max_len]`, each text's pieces cut to
+      leave room for eos, then eos (if the model has one), then pad; and
+      int32 `[n]`, the number of ids each text needs (eos included), so
+      `lengths > max_len` marks the texts that were cut.
+    """
+    if max_len < 1:
+      raise ValueError(f"max_len={max_len} leaves no room for eos; use >= 1")
+    texts = [str(text) for text in np.asarray(texts, dtype=object).reshape(-1)]
+    ids = self._processor.encode(texts, num_threads=1)
+    has_eos = self.eos_id >= 0
+    room = max_len - int(has_eos)
+    tokens = np.full((len(ids), max_len), self.pad_id, dtype=np.int32)
+    lengths = np.empty(len(ids), dtype=np.int32)
+    for row, pieces in enumerate(ids):
+      kept = pieces[:room]
+      tokens[row, :len(kept)] = kept
+      if has_eos:
+        tokens[row, len(kept)] = self.eos_id
+      lengths[row] = len(pieces) + int(has_eos)
+    return tokens, lengths
+
+  def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
+    """Token ids, int32 `[n, max_len]` (see `encode_with_lengths`)."""
+    return self.encode_with_lengths(texts, max_len)[0]
+
+  def decode(self, tokens) -> list[str]:
+    """Texts from ids `[n, length]` (or `[length]`); stops at the first eos."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 1:
+      tokens = tokens[None]
+    texts = []
+    for row in tokens.tolist():
+      if self.eos_id >= 0 and self.eos_id in row:
+        row = row[:row.index(self.eos_id)]
+      texts.append(self._processor.decode(
+          [token for token in row if token != self.pad_id]))
+    return texts
+
+
+def train_sentencepiece(texts: Sequence[str], path: str, *, vocab_size: int,
+                        model_type: str = "unigram") -> SentencePieceTokenizer:
+  """Trains a SentencePiece model on `texts` and writes it to `path`.
+
+  Ids follow this package's convention (0 pad, 1 eos, 2 unk, no bos). The
+  vocabulary is a soft limit: a small corpus yields fewer pieces rather than
+  an error. Training is single-threaded on the texts in the given order, so
+  the same texts give the same model. The file is written atomically.
+
+  Args:
+    texts: the training sentences.
+    path: where the `.model` file goes.
+    vocab_size: the most pieces, special ones included.
+    model_type: "unigram", "bpe", "word" or "char".
+  """
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  texts = [str(text) for text in texts if str(text).strip()]
+  if not texts:
+    raise ValueError("no non-empty text to train a SentencePiece model on")
+  buffer = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts), model_writer=buffer,
+      vocab_size=vocab_size, model_type=model_type, hard_vocab_limit=False,
+      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+      character_coverage=1.0, num_threads=1, shuffle_input_sentence=False,
+      minloglevel=2)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(buffer.getvalue())
+  os.replace(tmp, path)
+  return SentencePieceTokenizer(buffer.getvalue())

@@ -1,0 +1,156 @@
+"""The built-in corpus as a TFDS dataset in ArrayRecord files.
+
+Generated locally on first use (never downloaded) from a `CorpusConfig` into
+
+  DATA_DIR/jest_builtin/KEY/jest_builtin_corpus/VERSION/
+
+(KEY names the config), with splits train / curated / retrieval / zeroshot
+(empty splits are left out). Features: `image` (uint8 32×32×3, raw bytes),
+`caption`, `corrupt` (the ground-truth flag), `corruption` (0 clean,
+1 mismatch, 2 uninformative, 3 attribute), `label` (colour * 6 + shape of the
+first object) and `index`. Records are stored in index order (no TFDS
+shuffling), so a record's position in a split is its `index`.
+
+The SentencePiece model beside the records (`spm.model`) is the corpus's
+tokenizer: a word-level model trained once on corpus captions, prompts and
+words from a fixed sample (seed 0), so every corpus config shares it and
+every caption fits `CorpusConfig.max_tokens` uncut.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jest_jax.data import corpus
+from jest_jax.data import storage
+from jest_jax.data import tokenizer as tokenizer_lib
+
+BUILDER_NAME = "jest_builtin_corpus"
+# The corpus generator's version is the dataset's major version.
+VERSION = f"{corpus.GENERATOR_VERSION}.0.0"
+# One word per piece: the corpus's vocabulary is closed and small (58 words).
+TOKENIZER_VOCAB_SIZE = 64
+_TOKENIZER_SAMPLE = corpus.CorpusConfig(seed=0, n_train=4096, n_curated=4096,
+                                        n_retrieval=1024, n_zeroshot=0)
+
+
+class JestBuiltinCorpus(tfds.core.GeneratorBasedBuilder,
+                        skip_registration=True):
+  """The built-in procedural image–caption corpus (see `corpus`)."""
+
+  VERSION = tfds.core.Version(VERSION)
+  # TFDS looks for download checksums beside a builder's source file; this
+  # one downloads nothing (and the look-up needs a package TFDS lacks).
+  code_path = None
+
+  def __init__(self, *, corpus_config, **kwargs):
+    # TFDS reads `info` inside its constructor.
+    self._corpus_config = corpus_config
+    super().__init__(**kwargs)
+
+  def _info(self):
+    size = self._corpus_config.image_size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="jest_jax's procedural image-caption corpus, " + json.dumps(
+            _config_fields(self._corpus_config), sort_keys=True),
+        features=tfds.features.FeaturesDict({
+            # Raw pixels: the corpus's small noisy images barely compress,
+            # and decoding PNG would be half the loader's time.
+            "image": tfds.features.Tensor(
+                shape=(size, size, 3), dtype=np.uint8,
+                encoding=tfds.features.Encoding.BYTES),
+            "caption": tfds.features.Text(),
+            "corrupt": tfds.features.Scalar(np.bool_),
+            "corruption": tfds.features.Scalar(np.int32),
+            "label": tfds.features.Scalar(np.int32),
+            "index": tfds.features.Scalar(np.int64),
+        }),
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing is downloaded.
+    sizes = {"train": self._corpus_config.n_train,
+             "curated": self._corpus_config.n_curated,
+             "retrieval": self._corpus_config.n_retrieval,
+             "zeroshot": self._corpus_config.n_zeroshot}
+    return {split: self._generate_examples(split) for split in corpus.SPLITS
+            if sizes[split]}
+
+  def _generate_examples(self, split):
+    records = corpus.make_split(self._corpus_config, split)
+    captions = records["caption"].tolist()
+    for i in range(len(captions)):
+      yield i, {
+          "image": records["image"][i],
+          "caption": captions[i],
+          "corrupt": bool(records["corrupt"][i]),
+          "corruption": int(records["corruption"][i]),
+          "label": int(records["label"][i]),
+          "index": i,
+      }
+
+
+def _config_fields(config):
+  return {"version": corpus.GENERATOR_VERSION, "seed": config.seed,
+          "image_size": config.image_size, "grid_cell": config.grid_cell,
+          "n_train": config.n_train, "n_curated": config.n_curated,
+          "n_retrieval": config.n_retrieval, "n_zeroshot": config.n_zeroshot,
+          "noise_rate": float(config.noise_rate),
+          "noise_mix": [float(share) for share in config.noise_mix]}
+
+
+def config_key(config):
+  """Short hex id of everything that changes the generated records."""
+  text = json.dumps(_config_fields(config), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tokenizer_path(data_dir):
+  return os.path.join(storage.resolve_data_dir(data_dir), "jest_builtin",
+                      f"tokenizer-v{corpus.GENERATOR_VERSION}.model")
+
+
+def tokenizer(data_dir=""):
+  """The corpus's SentencePiece tokenizer, trained on first use."""
+  path = tokenizer_path(data_dir)
+  if not os.path.exists(path):
+    with storage.file_lock(path + ".lock"):
+      if not os.path.exists(path):
+        tokenizer_lib.train_sentencepiece(
+            _tokenizer_texts(), path, vocab_size=TOKENIZER_VOCAB_SIZE,
+            model_type="word")
+  return tokenizer_lib.SentencePieceTokenizer.load(path)
+
+
+def _tokenizer_texts():
+  """Captions of a fixed corpus sample, the zero-shot prompts, and every
+  vocabulary word once (so rare words get a piece)."""
+  texts = list(corpus.vocabulary())
+  for split in ("train", "curated", "retrieval"):
+    texts += corpus.make_split(_TOKENIZER_SAMPLE, split)["caption"].tolist()
+  texts += [template.format(name) for name in corpus.class_names()
+            for template in corpus.prompt_templates()]
+  return texts
+
+
+def prepare(corpus_config, data_dir=""):
+  """Writes the corpus for `corpus_config` (once); returns
+  `(name, builder_data_dir)` to read it with `tfds.data_source`."""
+  root = os.path.join(storage.resolve_data_dir(data_dir), "jest_builtin",
+                      config_key(corpus_config))
+  builder = JestBuiltinCorpus(corpus_config=corpus_config, data_dir=root)
+
+  def write_tokenizer(dataset_dir):
+    shutil.copyfile(tokenizer_path(data_dir),
+                    os.path.join(dataset_dir, storage.TOKENIZER_FILE + ".tmp"))
+    os.replace(os.path.join(dataset_dir, storage.TOKENIZER_FILE + ".tmp"),
+               os.path.join(dataset_dir, storage.TOKENIZER_FILE))
+
+  tokenizer(data_dir)  # Trained (once) before the dataset that stores it.
+  storage.prepare(builder, write_extras=write_tokenizer)
+  return BUILDER_NAME, root
