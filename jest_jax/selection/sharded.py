@@ -1,0 +1,253 @@
+"""Selection over a super-batch sharded along a mesh axis (`jax.shard_map`).
+
+Two scopes, one kernel (`core`):
+
+- `global`: exactly `core.select` on the whole super-batch. Every device
+  keeps the running sums of its own rows; per chunk, one `all_gather` of the
+  `[B]` logits makes them identical everywhere, every device draws the same
+  Gumbel noise (`fold_in(key, step)`, replicated key) and so the same chunk,
+  and one `psum` of the chunk's `[c, d]` rows (zero except on their owner)
+  hands every device the new examples' embeddings. Traffic per chunk:
+  `B + 4 c d` floats for learnability; work per device `O(B b d / D)`.
+- `local`: shard `r` selects `b / D` of its own `B / D` rows with
+  `core.select(jax.random.fold_in(key, r), ...)`; no cross-device traffic.
+
+Both return global indices, `int32[b]` sharded along the axis: shard `r`
+holds entries `[r b / D, (r + 1) b / D)`. `gather_selected` moves the chosen
+examples there.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from jest_jax.selection import core
+
+SCOPES = ("global", "local")
+
+
+def _axis_size(mesh, axis_name):
+  if axis_name not in mesh.shape:
+    raise ValueError(f"axis_name={axis_name!r} is not an axis of the mesh "
+                     f"{dict(mesh.shape)}")
+  return mesh.shape[axis_name]
+
+
+def _as_arrays(emb):
+  if emb is None:
+    return None
+  return emb._replace(temperature=jnp.asarray(emb.temperature, jnp.float32),
+                      bias=jnp.asarray(emb.bias, jnp.float32))
+
+
+def _check(learner, reference, *, mesh, axis_name, scope, sub_batch_size,
+           method, scoring, n_chunks, loss, refine_sweeps):
+  """Global-shape checks; returns (B, number of shards)."""
+  if scope not in SCOPES:
+    raise ValueError(f"scope={scope!r}: use one of {SCOPES}")
+  if method not in core.METHODS:
+    raise ValueError(f"method={method!r}: use one of {core.METHODS}")
+  shards = _axis_size(mesh, axis_name)
+  if method == "uniform":
+    given = learner if learner is not None else reference
+    if given is None:
+      raise ValueError("method='uniform' takes B from the embeddings; pass "
+                       "learner or reference")
+    size = core._check_embeddings("embeddings", given)
+  else:
+    size = core._check_common(learner, reference, scoring=scoring, loss=loss)
+  core._check_sub_batch_size(sub_batch_size, size)
+  if size % shards or sub_batch_size % shards:
+    raise ValueError(
+        f"B={size} and sub_batch_size={sub_batch_size} must both be divisible "
+        f"by the {shards} shards of mesh axis {axis_name!r} (balanced shards)")
+  if method == "joint":
+    per_selection = sub_batch_size // shards if scope == "local" else (
+        sub_batch_size)
+    core._check_chunks(per_selection, n_chunks)
+    core._check_refine(refine_sweeps, loss)
+  return size, shards
+
+
+def sharded_select(key, learner, reference, *, mesh, axis_name="data",
+                   scope="global", sub_batch_size, method="joint",
+                   scoring="learnability", gain=core.DEFAULT_GAIN,
+                   n_chunks=core.DEFAULT_N_CHUNKS, loss="sigmoid",
+                   refine_sweeps=0):
+  """`core.select` on a super-batch sharded along `axis_name` of `mesh`.
+
+  Works inside or outside `jax.jit`. Inputs may have any sharding (they are
+  resharded to rows-along-`axis_name`, scalars replicated).
+
+  Args:
+    key: PRNG key, the same on every device (replicated).
+    learner, reference: `Embeddings` with global `[B, d]` arrays, or None.
+    mesh: a `jax.sharding.Mesh`; other axes than `axis_name` replicate.
+    axis_name: the mesh axis the super-batch is split along (`D` shards;
+      `B` and `sub_batch_size` must be divisible by `D`).
+    scope: "global" (identical to `core.select(key, ...)` on one device) or
+      "local" (shard `r` runs `core.select(jax.random.fold_in(key, r), ...)`
+      on its own rows with `sub_batch_size // D`).
+    sub_batch_size, method, scoring, gain, n_chunks, loss, refine_sweeps:
+      as in `core.select` (for "local", `n_chunks` must divide `b / D`).
+
+  Returns:
+    `int32[sub_batch_size]` global indices into the super-batch, sharded
+    along `axis_name` (shard r holds entries `[r b / D, (r + 1) b / D)`).
+  """
+  learner, reference = _as_arrays(learner), _as_arrays(reference)
+  size, shards = _check(
+      learner, reference, mesh=mesh, axis_name=axis_name, scope=scope,
+      sub_batch_size=sub_batch_size, method=method, scoring=scoring,
+      n_chunks=n_chunks, loss=loss, refine_sweeps=refine_sweeps)
+  models = {name: emb for name, emb in (("learner", learner),
+                                        ("reference", reference))
+            if emb is not None}
+  run = _selector(mesh, axis_name, scope, tuple(models), shards=shards,
+                  super_batch_size=size, sub_batch_size=int(sub_batch_size),
+                  method=method, scoring=scoring, n_chunks=int(n_chunks),
+                  loss=loss, refine_sweeps=int(refine_sweeps))
+  return run(key, models, jnp.asarray(gain, jnp.float32))
+
+
+@functools.lru_cache(maxsize=64)
+def _selector(mesh, axis_name, scope, model_names, **static):
+  """A jitted shard_map per static configuration (eager shard_map would run
+  op by op; inside an outer jit this inlines)."""
+  rows = PartitionSpec(axis_name)
+  model_spec = core.Embeddings(rows, rows, PartitionSpec(), PartitionSpec())
+  body = functools.partial(
+      _global_body if scope == "global" else _local_body,
+      axis_name=axis_name, **static)
+  return jax.jit(jax.shard_map(
+      body, mesh=mesh,
+      in_specs=(PartitionSpec(), {name: model_spec for name in model_names},
+                PartitionSpec()),
+      out_specs=rows, check_vma=False))
+
+
+def _local_body(key, models, gain, *, axis_name, shards, super_batch_size,
+                sub_batch_size, method, scoring, n_chunks, loss,
+                refine_sweeps):
+  shard = jax.lax.axis_index(axis_name)
+  local = core.select(
+      jax.random.fold_in(key, shard), models.get("learner"),
+      models.get("reference"), sub_batch_size=sub_batch_size // shards,
+      method=method, scoring=scoring, gain=gain, n_chunks=n_chunks, loss=loss,
+      refine_sweeps=refine_sweeps)
+  return local + (shard * (super_batch_size // shards)).astype(jnp.int32)
+
+
+def _global_body(key, models, gain, *, axis_name, shards, super_batch_size,
+                 sub_batch_size, method, scoring, n_chunks, loss,
+                 refine_sweeps):
+  shard = jax.lax.axis_index(axis_name)
+  n_local = super_batch_size // shards
+  to_global = lambda local: jax.lax.all_gather(local, axis_name, tiled=True)
+  learner, reference = models.get("learner"), models.get("reference")
+  if method == "uniform":
+    indices = core.uniform_select(key, super_batch_size, sub_batch_size)
+  else:
+    rows = core._scoring_rows(learner, reference, scoring, gain)
+    if method == "joint":
+      def gather_chunk(indices):
+        # Each chunk row lives on one shard; the others add exact zeros.
+        local = indices - shard * n_local
+        owned = (local >= 0) & (local < n_local)
+        partners = core._chunk_rows(rows, jnp.clip(local, 0, n_local - 1))
+        return jax.lax.psum(
+            tuple(jnp.where(owned[None, :, None], p, 0.0) for p in partners),
+            axis_name)
+
+      indices = core._chunked_pass(
+          key, core._kernel(rows, loss), n_rows=super_batch_size,
+          chunk_size=sub_batch_size // n_chunks, n_chunks=n_chunks,
+          refine_sweeps=refine_sweeps, gather_chunk=gather_chunk,
+          to_global=to_global)
+    else:
+      if loss == "sigmoid":
+        scores = core._diagonal_scores(rows, loss)
+      else:
+        # Softmax scores an example against the whole super-batch.
+        everyone = tuple(r._replace(pairs=jax.lax.all_gather(
+            r.pairs, axis_name, axis=1, tiled=True)) for r in rows)
+        scores = core._scores_against_set(
+            rows, everyone, loss, core.DEFAULT_BLOCK_SIZE)
+      scores = to_global(scores)
+      if method == "independent_topk":
+        indices = jax.lax.top_k(scores, sub_batch_size)[1]
+      else:
+        indices = core._gumbel_top(
+            key, 0, scores, jnp.zeros(scores.shape, bool), sub_batch_size)[0]
+  per_shard = sub_batch_size // shards
+  return jax.lax.dynamic_slice(indices.astype(jnp.int32),
+                               (shard * per_shard,), (per_shard,))
+
+
+def gather_selected(super_batch, indices, *, mesh, axis_name="data",
+                    scope="global"):
+  """Moves the selected examples to balanced shards.
+
+  Args:
+    super_batch: pytree of arrays with leading axis `B`, split along
+      `axis_name` (images, tokens, embeddings, ...).
+    indices: `int[b]` global indices from `sharded_select` with the same
+      `scope`, sharded along `axis_name`.
+    mesh, axis_name: as in `sharded_select`.
+    scope: "local" (every index is in its own shard: a local take, no
+      traffic) or "global" (any index anywhere: a reduce-scatter of a `[b,
+      ...]` buffer holding each device's own rows, zeros elsewhere, so each
+      device sends and receives about `b` rows; fine for embeddings and small
+      images, costly for large images on many devices).
+
+  Returns:
+    The pytree with leading axis `b`, sharded along `axis_name`: row `p` is
+    super-batch row `indices[p]`.
+  """
+  if scope not in SCOPES:
+    raise ValueError(f"scope={scope!r}: use one of {SCOPES}")
+  shards = _axis_size(mesh, axis_name)
+  sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(super_batch)}
+  if len(sizes) != 1:
+    raise ValueError(f"super_batch leaves have different leading sizes {sizes}")
+  size = sizes.pop()
+  if size % shards or jnp.shape(indices)[0] % shards:
+    raise ValueError(f"B={size} and b={jnp.shape(indices)[0]} must be "
+                     f"divisible by the {shards} shards of {axis_name!r}")
+  return _gatherer(mesh, axis_name, scope, size // shards)(super_batch, indices)
+
+
+@functools.lru_cache(maxsize=64)
+def _gatherer(mesh, axis_name, scope, n_local):
+  """A jitted shard_map moving selected rows (see `gather_selected`)."""
+  rows = PartitionSpec(axis_name)
+
+  def local_body(batch, local_indices):
+    shard = jax.lax.axis_index(axis_name)
+    mine = local_indices - shard * n_local
+    return jax.tree.map(lambda x: jnp.take(x, mine, axis=0), batch)
+
+  def global_body(batch, local_indices):
+    shard = jax.lax.axis_index(axis_name)
+    everyone = jax.lax.all_gather(local_indices, axis_name, tiled=True)
+    mine = everyone - shard * n_local
+    owned = (mine >= 0) & (mine < n_local)
+    mine = jnp.clip(mine, 0, n_local - 1)
+
+    def move(x):
+      wide = x.astype(jnp.int8) if x.dtype == jnp.bool_ else x
+      taken = jnp.take(wide, mine, axis=0)
+      taken = jnp.where(owned.reshape((-1,) + (1,) * (x.ndim - 1)), taken,
+                        jnp.zeros_like(taken))
+      # One owner per row, zeros elsewhere: the sum is that row, exactly.
+      moved = jax.lax.psum_scatter(taken, axis_name, scatter_dimension=0,
+                                   tiled=True)
+      return moved.astype(x.dtype)
+
+    return jax.tree.map(move, batch)
+
+  return jax.jit(jax.shard_map(
+      local_body if scope == "local" else global_body, mesh=mesh,
+      in_specs=(rows, rows), out_specs=rows, check_vma=False))
