@@ -14,7 +14,10 @@ whenever it exists.
 
 import contextlib
 import fcntl
+import io
 import os
+
+from absl import logging
 
 import jest_jax
 
@@ -76,7 +79,12 @@ def prepare(builder, write_extras=None):
     if os.path.exists(done_marker):
       return dataset_dir
     tfds.disable_progress_bar()
-    builder.download_and_prepare(file_format="array_record")
+    # TFDS prints "Downloading and preparing dataset ..." even for a local
+    # generator; nothing is downloaded, so say what really happens instead.
+    logging.info("writing %s (ArrayRecord) to %s, once", builder.name,
+                 dataset_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(file_format="array_record")
     if write_extras is not None:
       write_extras(dataset_dir)
     write_bytes_atomically(done_marker, b"")
