@@ -12,7 +12,6 @@ table; step times are medians over logged intervals, evals excluded.
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from common import machine
 from jest_jax import cache_reference
 from jest_jax import demo
 from jest_jax import metrics as metrics_lib
@@ -36,18 +36,6 @@ _FRACTIONS = flags.DEFINE_list("large_fractions", ["0.5"],
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 250, "Steps between evals.")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__),
                                                "results"), "Output directory.")
-
-
-def machine():
-  cpu = "unknown"
-  if os.path.exists("/proc/cpuinfo"):
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  import jax
-  return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(),
-              jax=jax.__version__, devices=str(jax.devices()))
 
 
 def run_summary(workdir):

@@ -21,7 +21,6 @@ Rates are the best of `--repeats` runs (the machine may be shared). Writes
 """
 
 import argparse
-import io
 import json
 import os
 import tempfile

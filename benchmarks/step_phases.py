@@ -12,7 +12,6 @@ not depend on their values. Writes benchmarks/results/step_phases.json.
 
 import json
 import os
-import platform
 import sys
 import time
 
@@ -21,6 +20,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from common import machine
 from jest_jax import config_lib
 from jest_jax import demo
 from jest_jax import optim
@@ -84,17 +84,6 @@ def build(config_name, arg):
   for call in calls.values():  # Compile and warm up.
     jax.block_until_ready(call())
   return config, calls
-
-
-def machine():
-  cpu = "unknown"
-  if os.path.exists("/proc/cpuinfo"):
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(),
-              jax=jax.__version__, load_average=os.getloadavg())
 
 
 def main(argv):

@@ -1,26 +1,14 @@
 """Every config file builds and validates; the TPU-scale one is checked for
 shapes abstractly (jax.eval_shape), without running it."""
 
-import importlib.util
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jest_jax import config_lib
+from jest_jax import demo
 from jest_jax import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load(name, arg=None):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 @pytest.mark.parametrize("name, arg", [
@@ -31,7 +19,7 @@ def load(name, arg=None):
     ("flexi_jest", "method=jest"), ("flexi_jest", "method=flexi_jest"),
 ])
 def test_cpu_configs_validate(name, arg):
-  config = load(name, arg)
+  config = demo.load_config(name, arg)
   if config_lib.needs_reference(config):
     config.reference.cache_dir = "cache"
   config_lib.validate(config, num_devices=8)
@@ -39,7 +27,7 @@ def test_cpu_configs_validate(name, arg):
 
 @pytest.mark.parametrize("method", ["iid", "jest", "flexi_jest"])
 def test_tpu_config_validates_on_a_256_chip_pod(method):
-  config = load("tpu_flexi_jest", f"method={method}")
+  config = demo.load_config("tpu_flexi_jest", f"method={method}")
   if config_lib.needs_reference(config):
     config.reference.cache_dir = "gs://bucket/cache"
   config_lib.validate(config, num_devices=256)
@@ -50,7 +38,7 @@ def test_tpu_config_validates_on_a_256_chip_pod(method):
 
 
 def test_tpu_model_shapes_build_abstractly():
-  config = load("tpu_flexi_jest", "method=flexi_jest")
+  config = demo.load_config("tpu_flexi_jest", "method=flexi_jest")
   model = train.build_model(config, config.model.vocab_size_hint)
   images = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.float32)
   tokens = jax.ShapeDtypeStruct((2, config.data.max_tokens), jnp.int32)

@@ -1,15 +1,13 @@
 """Flexi-JEST in the trainer: multi-resolution sub-batches, low-resolution
 scoring through the PI-resized kernel, FLOP accounting, configs."""
 
-import importlib.util
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jest_jax import config_lib
+from jest_jax import demo
 from jest_jax import evaluate
 from jest_jax import losses
 from jest_jax import optim
@@ -17,20 +15,11 @@ from jest_jax import sharding
 from jest_jax import train
 from jest_jax.models import flexi
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB, TOKENS, B = 61, 16, 16
 
 
-def load_config(name, arg):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def flexi_config(method="flexi_jest", **patch):
-  config = load_config("flexi_jest", f"method={method},filter_ratio=0.8")
+  config = demo.load_config("flexi_jest", f"method={method},filter_ratio=0.8")
   config.batch_size = B
   config.selection.n_chunks = 4
   config.reference.cache_dir = "unused-here"

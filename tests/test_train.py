@@ -4,7 +4,6 @@ A module fixture trains a tiny reference through the CLI and caches its
 embeddings through the cache CLI; the tests then run JEST learners on top.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from jest_jax import demo
 from jest_jax import metrics as metrics_lib
 from jest_jax import train
 
@@ -28,16 +28,8 @@ TINY = [
 ]
 
 
-def load_config(name, arg):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def tiny_config(name, arg, **extra):
-  config = load_config(name, arg)
+  config = demo.load_config(name, arg)
   for item in TINY:
     key, value = item.split("=")
     parent = config
