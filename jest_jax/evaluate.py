@@ -49,7 +49,7 @@ class Encoder:
       if pad:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
       out = fn(params, sharding.put_batch(chunk, self.mesh))
-      outputs.append(np.asarray(out)[:len(chunk) - pad])
+      outputs.append(sharding.to_host(out)[:len(chunk) - pad])
     return np.concatenate(outputs)
 
   def images(self, params, images):

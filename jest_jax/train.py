@@ -9,6 +9,12 @@ IID and reference runs skip score and select (super-batch == sub-batch).
 `train_and_evaluate` is the whole run, in labelled sections: mesh, data,
 model, optimiser, checkpoint/resume, step, loop (log, eval, checkpoint).
 Every random choice is a function of `(seed, step)`.
+
+Processes (multi-host): every process runs this same code on one global
+mesh. Each loads only its block of every super-batch and of its reference
+rows (`global_batches` assembles the global arrays); score, select, update
+and evaluation are global programs; checkpoints are saved and restored by
+all processes together; process 0 alone writes metrics, config and FLOPs.
 """
 
 import json
@@ -23,6 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from jest_jax import config_lib
 from jest_jax import evaluate
@@ -317,35 +324,57 @@ def _use_serial_array_saving_on_cpu():
         override=True)
 
 
+def _checkpoint_dir(workdir):
+  """`workdir/checkpoints`, absolute; cloud paths (`gs://...`) as given.
+  With several processes it must be one directory they all see."""
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)
+  return os.path.join(workdir, "checkpoints")
+
+
 def _checkpoint_manager(workdir, config):
   _use_serial_array_saving_on_cpu()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, create=True,
       enable_async_checkpointing=False)
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=options, item_names=("state",))
+  return ocp.CheckpointManager(_checkpoint_dir(workdir), options=options,
+                               item_names=("state",))
 
 
 def restore_params(workdir, step=None):
   """Params of a finished run's checkpoint (latest unless `step`), as NumPy,
-  with the step they come from: `(params, step)`."""
+  with the step they come from: `(params, step)`. Works whatever devices
+  and processes saved it or read it (every process gets all of it)."""
   manager = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      item_names=("state",))
+      _checkpoint_dir(workdir), item_names=("state",),
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
     raise TrainingError(f"no checkpoint in {workdir}/checkpoints; train the "
                         "reference first (`python -m jest_jax.main --config "
                         "configs/reference.py --workdir ...`)")
+  # NumPy targets: restore onto the host, not onto the saving topology.
+  host_target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
+                             manager.item_metadata(step)["state"])
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
+      state=ocp.args.StandardRestore(host_target)))
   return restored["state"]["params"], step
 
 
 def _save_config(workdir, config):
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  (epath.Path(workdir) / "config.json").write_text(
+      config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def global_batches(super_batch, ref_batch, mesh):
+  """This process's block of super-batch rows and of their reference rows
+  -> global arrays over `mesh` (every process calls it, same step)."""
+  super_batch = sharding.put_process_local_batch(super_batch, mesh)
+  if ref_batch is not None:
+    rows = dict(image=ref_batch["image"], text=ref_batch["text"])
+    ref_batch = dict(ref_batch, **sharding.put_process_local_batch(rows,
+                                                                   mesh))
+  return super_batch, ref_batch
 
 
 def load_reference(config, train_input):
@@ -379,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   t_start = time.perf_counter()
   lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
 
   # mesh
   mesh = sharding.make_mesh(config.mesh.num_devices)
@@ -453,6 +482,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       ref_batch = dict(image=ref_image, text=ref_text,
                        temperature=np.float32(reference.temperature),
                        bias=np.float32(reference.bias))
+    super_batch, ref_batch = global_batches(super_batch, ref_batch, mesh)
     key = jax.random.fold_in(base_key, step)
     if train_step is None:
       lowered = functions.jit_step().lower(state, super_batch, ref_batch, key)
@@ -465,8 +495,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if reference is not None and "build_flops" in reference.manifest:
         flops["flops/reference_cache"] = reference.manifest["build_flops"]
       if lead:
-        with open(os.path.join(workdir, "flops.json"), "w") as f:
-          json.dump(flops, f, indent=2, sort_keys=True)
+        (epath.Path(workdir) / "flops.json").write_text(
+            json.dumps(flops, indent=2, sort_keys=True))
     state, step_metrics = train_step(state, super_batch, ref_batch, key)
     if step == start_step + 1:  # Rates exclude compilation.
       jax.block_until_ready(state)
