@@ -95,8 +95,14 @@ class JestBuiltinCorpus(tfds.core.GeneratorBasedBuilder,
       }
 
 
+# Bump when the stored features change (e.g. how images are encoded), so a
+# data dir written by an older jest_jax is not read as if it were current.
+RECORD_FORMAT = 1
+
+
 def _config_fields(config):
-  return {"version": corpus.GENERATOR_VERSION, "seed": config.seed,
+  return {"version": corpus.GENERATOR_VERSION, "format": RECORD_FORMAT,
+          "seed": config.seed,
           "image_size": config.image_size, "grid_cell": config.grid_cell,
           "n_train": config.n_train, "n_curated": config.n_curated,
           "n_retrieval": config.n_retrieval, "n_zeroshot": config.n_zeroshot,
