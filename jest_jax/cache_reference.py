@@ -15,7 +15,11 @@ each stored as soon as it is done, so an interrupted build continues where it
 stopped; the cache itself appears only when complete. Shards: run the same
 command with `--shard_index i --num_shards n` on n machines (or in n JAX
 processes, where the defaults are the process index and count); each embeds
-every n-th chunk, and whichever finishes last assembles the cache.
+every n-th chunk, and whichever finishes last assembles the cache (in n JAX
+processes with the default shards: process 0, once all have embedded theirs).
+
+WORKDIR and `--output` may be `gs://...` (read and written through
+`etils.epath`; the TPU VMs need `gcsfs` for that, or TensorFlow).
 """
 
 import json
@@ -26,7 +30,9 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -42,12 +48,11 @@ DEFAULT_CHUNK_SIZE = 8192
 
 
 def load_run_config(workdir):
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     raise train.TrainingError(f"{path} not found: {workdir} is not a jest_jax "
                               "run directory")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def data_config(config, split_name, data_overrides=None):
@@ -145,6 +150,10 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
   except reference_cache.CacheError:
     pass  # Missing or stale: (re)build below.
 
+  # Shards that are this job's JAX processes meet at a barrier and leave
+  # assembling to process 0 (an object store has no lock to pick one).
+  one_job = (shard_index is None and num_shards is None
+             and jax.process_count() > 1)
   shard_index = jax.process_index() if shard_index is None else shard_index
   num_shards = jax.process_count() if num_shards is None else num_shards
   builder = reference_cache.CacheBuilder(
@@ -176,7 +185,7 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
     logging.info("reference cache: embedded %d examples in %.1f s (%.0f "
                  "examples/s), shard %d of %d", embedded, seconds,
                  embedded / seconds, shard_index, num_shards)
-  manifest = builder.finish(
+  manifest_fields = dict(
       temperature=float(np.exp(np.asarray(params["t"]).reshape(()))),
       bias=float(np.asarray(params["b"]).reshape(())),
       checkpoint_step=step, model=train.model_description(config),
@@ -186,6 +195,15 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
       build_flops=_embedding_flops(model, params, encoder.batch_size,
                                    image_shape, config_data.max_tokens)
       * len(records))
+  if one_job and max_chunks is None:
+    multihost_utils.sync_global_devices("reference cache chunks written")
+    if shard_index == 0:
+      manifest = builder.finish(**manifest_fields)
+    multihost_utils.sync_global_devices("reference cache assembled")
+    if shard_index != 0:
+      manifest = reference_cache.read_manifest(output)
+  else:
+    manifest = builder.finish(**manifest_fields)
   if manifest is None:
     logging.info("reference cache %s: %d chunks still missing", output,
                  len(builder.missing()))

@@ -1,9 +1,14 @@
 """Metrics: `WORKDIR/metrics.jsonl` (one JSON object per logged step),
 TensorBoard summaries (tensorboardX) and the progress line.
 
+WORKDIR may be local or an object store (`gs://...`, through `etils.epath`).
 On resume, lines past the restored checkpoint's step are dropped (they belong
-to steps that will be redone), by writing a new file and renaming it over the
-old one, so the file is never left half-written.
+to steps that will be redone). Locally the kept lines are written to a new
+file renamed over the old one, so the file is never left half-written, and
+new lines are appended. An object store has no append: there the writer
+keeps the rows in memory and rewrites the whole object at each write (an
+object is replaced whole when its upload completes, so readers never see it
+half-written either).
 """
 
 import json
@@ -12,38 +17,63 @@ import os
 import time
 
 from absl import logging
+from etils import epath
+
+
+def is_local(path):
+  """Whether `path` is on the local file system (not `gs://` and the like)."""
+  return "://" not in os.fspath(path)
 
 
 def read_metrics(workdir):
   """All logged rows of a run, in order (a list of dicts)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.strip()]
+
+
+def _jsonl(rows):
+  return "".join(json.dumps(row) + "\n" for row in rows)
 
 
 class MetricWriter:
-  """Writes one JSON line per logged step; only the lead process writes."""
+  """Writes one JSON line per logged step; only the lead process writes.
+
+  Args:
+    workdir: the run directory, local or `gs://...`.
+    resume_step: rows after this step are dropped.
+    enabled: False on processes other than the lead (writes nothing).
+    tensorboard: also write TensorBoard summaries to `WORKDIR/tensorboard`.
+      For a `gs://` WORKDIR tensorboardX needs the `google-cloud-storage`
+      package (it uploads the event file itself, without TensorFlow); without
+      it, summaries are off for that run (one warning says so) and
+      metrics.jsonl still holds every row.
+  """
 
   def __init__(self, workdir, *, resume_step=0, enabled=True,
                tensorboard=True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self._local = is_local(workdir)
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    kept = [row for row in read_metrics(workdir) if row["step"] <= resume_step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      for row in kept:
-        f.write(json.dumps(row) + "\n")
-    os.replace(tmp, self.path)
-    self._file = open(self.path, "a")
-    if tensorboard:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    self._rows = [row for row in read_metrics(workdir)
+                  if row["step"] <= resume_step]
+    if self._local:
+      tmp = self.path.with_name(self.path.name + ".tmp")
+      tmp.write_text(_jsonl(self._rows))
+      tmp.replace(self.path)
+      self._file = self.path.open("a")
+      self._rows = None  # Appended to the file instead.
+    else:
+      self.path.write_text(_jsonl(self._rows))
+    if tensorboard and _tensorboard_can_write(workdir):
       from tensorboardX import SummaryWriter  # Import is slow; only if used.
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+      self._tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"),
                                purge_step=resume_step + 1)
 
   def write(self, step, scalars):
@@ -51,8 +81,12 @@ class MetricWriter:
       return
     row = {"step": int(step)}
     row.update({k: _to_python(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    if self._local:
+      self._file.write(json.dumps(row) + "\n")
+      self._file.flush()
+    else:
+      self._rows.append(row)
+      self.path.write_text(_jsonl(self._rows))
     if self._tb is not None:
       for key, value in row.items():
         if key != "step" and isinstance(value, (int, float)):
@@ -60,9 +94,28 @@ class MetricWriter:
 
   def close(self):
     if self.enabled:
-      self._file.close()
+      if self._local:
+        self._file.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def _tensorboard_can_write(workdir):
+  """tensorboardX writes local folders itself, `gs://` with
+  google-cloud-storage and `s3://` with boto3; anything else is refused here
+  with one warning rather than failing the run."""
+  if is_local(workdir):
+    return True
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  scheme = os.fspath(workdir).split("://", 1)[0]
+  enabled = {"gs": getattr(record_writer, "GCS_ENABLED", False),
+             "s3": getattr(record_writer, "S3_ENABLED", False)}.get(scheme)
+  if not enabled:
+    logging.warning(
+        "TensorBoard summaries are off for %s: tensorboardX cannot write "
+        "%s:// here (for gs:// install google-cloud-storage); metrics.jsonl "
+        "has every row", workdir, scheme)
+  return bool(enabled)
 
 
 def _to_python(value):

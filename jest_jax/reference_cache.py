@@ -11,28 +11,36 @@ Layout of a cache directory:
   manifest.json  what produced it: dataset fingerprint and size, reference
                  checkpoint fingerprint and step, model description, dtype,
                  temperature, bias (and how the build went).
-A cache directory with a manifest is always complete: `write` and
+A cache directory with a manifest is always complete. Locally, `write` and
 `CacheBuilder` assemble it in `CACHE_DIR.partial` and rename it into place.
-`load` refuses a cache made from other data or another checkpoint, a
-truncated one, and a non-finite one.
+In an object store (`gs://...`, read and written through `etils.epath`),
+which cannot rename a directory, the old manifest is deleted first, the
+arrays are written into CACHE_DIR, and the manifest last (each object
+appears whole when its upload completes). `load` refuses a cache made from
+other data or another checkpoint, a truncated one, and a non-finite one.
 
 Building is resumable and shardable (`CacheBuilder`): the records are cut
 into fixed chunks; each chunk's embeddings are written atomically to
 `CACHE_DIR.partial/chunks/`, next to `build.json` (what is being built). A
 rerun of the same build skips the chunks already there; any number of
 processes can each build a disjoint share of the chunks; whoever finds all
-chunks present assembles the cache.
+chunks present assembles the cache. Locally an `fcntl` lock makes that one
+process; an object store has no such lock, so there shards that may finish
+together should leave assembling to one of them (`cache_reference` lets JAX
+process 0 assemble after a barrier).
 
 CLI (after a reference run):
   python -m jest_jax.cache_reference --workdir runs/reference
 """
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
-import shutil
 
+from etils import epath
 import jax
 import ml_dtypes
 import numpy as np
@@ -45,6 +53,11 @@ _DTYPES = {"float32": np.float32, "float16": np.float16,
 
 class CacheError(ValueError):
   """The cache cannot be used; the message says why and how to fix it."""
+
+
+def is_local(path):
+  """Whether `path` is on the local file system (not `gs://` and the like)."""
+  return "://" not in os.fspath(path)
 
 
 def params_fingerprint(params):
@@ -82,11 +95,11 @@ def write(cache_dir, image_emb, text_emb, *, temperature, bias,
   if not (np.all(np.isfinite(image_emb)) and np.all(np.isfinite(text_emb))):
     raise CacheError("the reference produced non-finite embeddings; the "
                      "reference checkpoint is broken, retrain it")
-  tmp = cache_dir.rstrip("/") + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  np.save(os.path.join(tmp, "image.npy"), image_emb.astype(_DTYPES[dtype]))
-  np.save(os.path.join(tmp, "text.npy"), text_emb.astype(_DTYPES[dtype]))
+  cache_dir = cache_dir.rstrip("/")
+  staging = _staging_dir(cache_dir, cache_dir + ".partial")
+  for name, array in (("image", image_emb), ("text", text_emb)):
+    with (staging / f"{name}.npy").open("wb") as f:
+      np.save(f, array.astype(_DTYPES[dtype]))
   manifest = dict(
       format_version=FORMAT_VERSION, count=int(image_emb.shape[0]),
       dim=int(image_emb.shape[1]), dtype=dtype,
@@ -94,7 +107,7 @@ def write(cache_dir, image_emb, text_emb, *, temperature, bias,
       dataset_fingerprint=dataset_fingerprint,
       checkpoint_fingerprint=checkpoint_fingerprint,
       checkpoint_step=int(checkpoint_step), model=model_description)
-  _publish(tmp, cache_dir, manifest)
+  _publish(staging, cache_dir, manifest)
   return manifest
 
 
@@ -104,15 +117,45 @@ def _check_dtype(dtype):
                      f"{sorted(_DTYPES)}")
 
 
-def _publish(tmp, cache_dir, manifest):
-  """Writes the manifest into the assembled `tmp` and renames it to
-  `cache_dir` (replacing an older cache there)."""
-  with open(os.path.join(tmp, MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
+def _staging_dir(cache_dir, local_staging):
+  """An empty directory to write the cache's arrays into before `_publish`.
+
+  Locally that is `local_staging` (later renamed into place whole, so an
+  older cache stays usable until then); in an object store it is `cache_dir`
+  itself, whose older cache is removed, manifest first, so no reader takes
+  a mix of old and new files for a cache.
+  """
+  if is_local(cache_dir):
+    staging = epath.Path(local_staging)
+  else:
+    _remove_cache(cache_dir)
+    staging = epath.Path(cache_dir)
+  if staging.exists():
+    staging.rmtree()
+  staging.mkdir(parents=True)
+  return staging
+
+
+def _remove_cache(cache_dir):
+  cache_dir = epath.Path(cache_dir)
+  if (cache_dir / MANIFEST).exists():
+    (cache_dir / MANIFEST).unlink()
+  if cache_dir.exists():
+    cache_dir.rmtree()
+
+
+def _publish(staging, cache_dir, manifest):
+  """Writes the manifest into the assembled `staging` directory, the last
+  file of a cache, and (locally) renames it to `cache_dir`, replacing an
+  older cache there."""
+  (staging / MANIFEST).write_text(json.dumps(manifest, indent=2,
+                                             sort_keys=True))
+  if not is_local(cache_dir):
+    return  # `staging` is `cache_dir`.
   if os.path.exists(cache_dir):
-    shutil.rmtree(cache_dir)
+    _remove_cache(cache_dir)
   os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), exist_ok=True)
-  os.replace(tmp, cache_dir)
+  os.replace(staging, cache_dir)
 
 
 class CacheBuilder:
@@ -139,22 +182,31 @@ class CacheBuilder:
     self.chunks = [(start, min(start + chunk_size, count))
                    for start in range(0, count, chunk_size)]
     with self._locked():
-      build_file = os.path.join(self.partial, "build.json")
+      build_file = epath.Path(self.partial) / "build.json"
       try:
-        with open(build_file) as f:
-          same = json.load(f) == self.identity
+        same = json.loads(build_file.read_text()) == self.identity
       except (OSError, ValueError):
         same = False
       if not same:
-        shutil.rmtree(self.partial, ignore_errors=True)
-        os.makedirs(os.path.join(self.partial, "chunks"))
-        _write_json_atomically(build_file, self.identity)
+        if build_file.parent.exists():
+          build_file.parent.rmtree()
+        (build_file.parent / "chunks").mkdir(parents=True)
+        _write_atomically(build_file, json.dumps(self.identity, indent=2,
+                                                 sort_keys=True).encode())
 
   def _locked(self):
+    """Exclusive locally. An object store has no lock: there two shards of
+    one build starting at once can at worst delete chunks the other wrote
+    (a rerun rebuilds them), and two finishing at once may both assemble
+    (see the module doc). As locally, two different builds must not run
+    at once into one cache directory."""
+    if not is_local(self.cache_dir):
+      return contextlib.nullcontext()
     return _FileLock(self.cache_dir + ".lock")
 
   def _chunk_path(self, start, stop):
-    return os.path.join(self.partial, "chunks", f"{start:012d}-{stop:012d}.npz")
+    return (epath.Path(self.partial) / "chunks"
+            / f"{start:012d}-{stop:012d}.npz")
 
   def shard(self, shard_index=0, num_shards=1):
     """This shard's chunks `[(start, stop), ...]`: every `num_shards`-th."""
@@ -163,7 +215,7 @@ class CacheBuilder:
     return self.chunks[shard_index::num_shards]
 
   def done(self, start, stop):
-    return os.path.exists(self._chunk_path(start, stop))
+    return self._chunk_path(start, stop).exists()
 
   def missing(self):
     return [chunk for chunk in self.chunks if not self.done(*chunk)]
@@ -182,10 +234,9 @@ class CacheBuilder:
       raise CacheError(f"the reference produced non-finite embeddings for "
                        f"records [{start}, {stop}); the reference checkpoint "
                        "is broken, retrain it")
-    path = self._chunk_path(start, stop)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, image=image_emb, text=text_emb)
-    os.replace(tmp, path)
+    chunk = io.BytesIO()
+    np.savez(chunk, image=image_emb, text=text_emb)
+    _write_atomically(self._chunk_path(start, stop), chunk.getvalue())
 
   def finish(self, **manifest_fields):
     """Assembles the cache if every chunk is there.
@@ -197,38 +248,51 @@ class CacheBuilder:
       The manifest, or None while chunks are missing (other shards).
     """
     with self._locked():
-      if not os.path.exists(self.partial):  # Another shard finished it.
+      partial = epath.Path(self.partial)
+      if not (partial / "build.json").exists():  # Another shard finished it.
         return read_manifest(self.cache_dir)
       if self.missing():
         return None
-      dtype = self.identity.get("dtype", "float32")
-      dim = None
-      arrays = {}
-      for start, stop in self.chunks:
-        with np.load(self._chunk_path(start, stop)) as chunk:
-          if dim is None:
-            dim = chunk["image"].shape[1]
-            for name in ("image", "text"):
-              arrays[name] = np.lib.format.open_memmap(
-                  os.path.join(self.partial, f"{name}.npy"), mode="w+",
-                  dtype=_DTYPES[dtype], shape=(self.count, dim))
-          for name in ("image", "text"):
-            arrays[name][start:stop] = chunk[name].astype(_DTYPES[dtype])
-      for array in arrays.values():
-        array.flush()
-      del arrays
-      shutil.rmtree(os.path.join(self.partial, "chunks"))
-      os.remove(os.path.join(self.partial, "build.json"))
+      dtype = np.dtype(_DTYPES[self.identity.get("dtype", "float32")])
+      with self._chunk_path(*self.chunks[0]).open("rb") as f:
+        with np.load(f) as chunk:
+          dim = chunk["image"].shape[1]
+      staging = _staging_dir(self.cache_dir, partial / "assembled")
+      header = {"descr": np.lib.format.dtype_to_descr(dtype),
+                "fortran_order": False, "shape": (self.count, dim)}
+      # The .npy files are streamed chunk by chunk, in record order: an
+      # object store cannot be written in place like a memory map.
+      with ((staging / "image.npy").open("wb") as image_file,
+            (staging / "text.npy").open("wb") as text_file):
+        files = {"image": image_file, "text": text_file}
+        for f in files.values():
+          np.lib.format.write_array_header_1_0(f, header)
+        for start, stop in self.chunks:
+          with self._chunk_path(start, stop).open("rb") as f:
+            with np.load(f) as chunk:
+              for name, out in files.items():
+                if chunk[name].shape != (stop - start, dim):
+                  raise CacheError(
+                      f"chunk [{start}, {stop}) holds {name} embeddings of "
+                      f"shape {chunk[name].shape}, expected "
+                      f"{(stop - start, dim)}; delete {self.partial} and "
+                      "rebuild")
+                out.write(np.ascontiguousarray(
+                    chunk[name].astype(dtype)).tobytes())
       manifest = dict(
           format_version=FORMAT_VERSION, count=self.count, dim=int(dim),
-          dtype=dtype, chunks=len(self.chunks),
+          dtype=self.identity.get("dtype", "float32"), chunks=len(self.chunks),
           dataset_fingerprint=self.identity["dataset_fingerprint"],
           checkpoint_fingerprint=self.identity["checkpoint_fingerprint"])
       manifest.update(manifest_fields)
       manifest["temperature"] = float(manifest["temperature"])
       manifest["bias"] = float(manifest["bias"])
       manifest["checkpoint_step"] = int(manifest["checkpoint_step"])
-      _publish(self.partial, self.cache_dir, manifest)
+      _publish(staging, self.cache_dir, manifest)
+      # build.json goes first: without it a late shard reads the manifest
+      # instead of assembling again from chunks being deleted.
+      (partial / "build.json").unlink()
+      partial.rmtree()
       return manifest
 
 
@@ -248,21 +312,22 @@ class _FileLock:
     self._file.close()
 
 
-def _write_json_atomically(path, value):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def _write_atomically(path, data):
+  """Writes the bytes `data` to a temporary file and renames it to `path`,
+  so `path` is never seen half-written (in an object store the temporary
+  object is copied to `path`, which is as whole)."""
+  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+  tmp.write_bytes(data)
+  tmp.replace(path)
 
 
 def read_manifest(cache_dir):
-  path = os.path.join(cache_dir, MANIFEST)
-  if not os.path.exists(path):
+  path = epath.Path(cache_dir) / MANIFEST
+  if not path.exists():
     raise CacheError(f"no reference cache at {cache_dir} ({MANIFEST} missing); "
                      "build it with `python -m jest_jax.cache_reference "
                      "--workdir REFERENCE_WORKDIR`")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def load(cache_dir, *, dataset_fingerprint, count,
@@ -300,9 +365,9 @@ def load(cache_dir, *, dataset_fingerprint, count,
         f"is now {checkpoint_fingerprint}; {fix}")
   arrays = []
   for name in ("image", "text"):
-    path = os.path.join(cache_dir, f"{name}.npy")
+    path = epath.Path(cache_dir) / f"{name}.npy"
     try:
-      array = np.load(path, mmap_mode="r")
+      array = _load_npy(path)
     except (OSError, ValueError) as e:
       raise CacheError(f"reference cache file {path} is unreadable or "
                        f"truncated ({e}); {fix}") from None
@@ -319,3 +384,12 @@ def load(cache_dir, *, dataset_fingerprint, count,
     arrays.append(array)
   return ReferenceEmbeddings(arrays[0], arrays[1], manifest["temperature"],
                              manifest["bias"], manifest)
+
+
+def _load_npy(path):
+  """The array in the .npy file `path`: memory-mapped locally (read once,
+  converted to float32 by the caller), read whole from an object store."""
+  if is_local(path):
+    return np.load(path, mmap_mode="r")
+  with path.open("rb") as f:
+    return np.load(f)

@@ -115,7 +115,7 @@ set_up_environment() {
   version="$(jax_version)"
   # The lock pins the CPU jaxlib; jax[tpu] at the same version brings the
   # TPU jaxlib and libtpu, and the rest of the lock installs around it.
-  on_workers "(command -v $remote_python || (sudo apt-get -qq update && sudo apt-get -qq install -y $remote_python $remote_python-venv)) && $remote_python -m venv $remote_env && $remote_env/bin/pip install -q -U pip && $remote_env/bin/pip install -q 'jax[tpu]==$version' && grep -v -E '^(jax|jaxlib)==' $remote_dir/requirements.lock > lock_without_jax.txt && $remote_env/bin/pip install -q -r lock_without_jax.txt && $remote_env/bin/pip install -q --no-deps -e $remote_dir"
+  on_workers "(command -v $remote_python || (sudo apt-get -qq update && sudo apt-get -qq install -y $remote_python $remote_python-venv)) && $remote_python -m venv $remote_env && $remote_env/bin/pip install -q -U pip && $remote_env/bin/pip install -q 'jax[tpu]==$version' && grep -v -E '^(jax|jaxlib)==' $remote_dir/requirements.lock > lock_without_jax.txt && $remote_env/bin/pip install -q -r lock_without_jax.txt && $remote_env/bin/pip install -q --no-deps -e $remote_dir && $remote_env/bin/pip install -q gcsfs google-cloud-storage"
 }
 
 start_run() {

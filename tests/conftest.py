@@ -15,3 +15,47 @@ os.environ.setdefault(
     os.path.join(tempfile.gettempdir(), f"jest_jax_test_xla_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+# Imported after the environment above is set (they import JAX).
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+from etils.epath import testing as epath_testing  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+  """Serves `gs://` paths through etils.epath from a local folder, refusing
+  what an object store cannot do for jest_jax: append, rename a directory.
+
+  Code that bypasses epath for a `gs://` path either fails or leaves a `gs:`
+  folder in the working directory, which is checked at the end.
+  """
+  root = tmp_path / "bucket_root"
+  root.mkdir()
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+
+  def local(path):
+    path = os.fspath(path)
+    return str(root / path.removeprefix("gs://")) if path.startswith(
+        "gs://") else path
+
+  def through(original, path, *args, **kwargs):
+    return original(local(path), *args, **kwargs)
+
+  def open_(original, path, mode):
+    if os.fspath(path).startswith("gs://") and ("a" in mode or "+" in mode):
+      raise OSError(f"object stores cannot open {path} in mode {mode!r}")
+    return original(local(path), mode)
+
+  def move(original, path, dst):
+    if os.fspath(path).startswith("gs://") and os.path.isdir(local(path)):
+      raise OSError(f"object stores cannot rename the directory {path}")
+    return original(local(path), local(dst))
+
+  names = ("exists", "isdir", "listdir", "glob", "makedirs", "mkdir", "rmtree",
+           "remove", "stat")
+  with epath_testing.mock_epath(open=open_, rename=move, replace=move,
+                                **{name: through for name in names}):
+    yield root
+  assert not os.listdir(cwd), "a gs:// path was used without epath"

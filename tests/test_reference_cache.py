@@ -1,4 +1,5 @@
-"""The reference cache round-trips and refuses anything it was not built for."""
+"""The reference cache round-trips and refuses anything it was not built for,
+on a local disk and in an object store (`gs://`, through etils.epath)."""
 
 import os
 
@@ -190,3 +191,82 @@ def test_builder_refuses_non_finite_chunks_and_stores_bfloat16(tmp_path):
   assert builder.finish(**FIELDS)["dtype"] == "bfloat16"
   cache = _load(tmp_path / "cache", count=23)
   np.testing.assert_allclose(cache.image, image, rtol=1e-2, atol=1e-2)
+
+
+def test_assembled_arrays_are_the_bytes_numpy_saves(tmp_path):
+  image, text = _embeddings()
+  builder = _builder(tmp_path / "cache", dtype="bfloat16")
+  _write_chunks(builder, image, text, builder.chunks)
+  builder.finish(**FIELDS)
+  for name, array in (("image", image), ("text", text)):
+    np.save(tmp_path / "expected.npy", array.astype(reference_cache._DTYPES[  # pylint: disable=protected-access
+        "bfloat16"]))
+    assert ((tmp_path / "cache" / f"{name}.npy").read_bytes()
+            == (tmp_path / "expected.npy").read_bytes())
+
+
+# ------------------------------------------------------------- object store --
+
+
+
+def test_gcs_cache_round_trips_and_a_rewrite_replaces_it(fake_gcs):
+  _write("gs://bucket/cache", d=6)
+  image, text = _write("gs://bucket/cache", dtype="bfloat16")
+  cache = _load("gs://bucket/cache")
+  assert cache.manifest["dtype"] == "bfloat16" and cache.image.shape == (20, 8)
+  np.testing.assert_allclose(cache.image, image, rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(cache.text, text, rtol=1e-2, atol=1e-2)
+  assert sorted(os.listdir(fake_gcs / "bucket")) == ["cache"]
+
+
+def test_gcs_truncated_cache_file_is_detected(fake_gcs):
+  _write("gs://bucket/cache")
+  path = fake_gcs / "bucket" / "cache" / "image.npy"
+  path.write_bytes(path.read_bytes()[:-10])
+  with pytest.raises(reference_cache.CacheError, match="image.npy"):
+    _load("gs://bucket/cache")
+
+
+def test_gcs_build_resumes_shards_and_equals_the_local_build(fake_gcs,
+                                                             tmp_path):
+  image, text = _embeddings()
+  shards = [_builder("gs://bucket/cache") for _ in range(2)]
+  _write_chunks(shards[0], image, text, shards[0].shard(0, 2)[:1])
+  assert shards[0].finish(**FIELDS) is None  # Then "preempted".
+  resumed = [_builder("gs://bucket/cache") for _ in range(2)]
+  assert resumed[0].missing() == resumed[0].chunks[1:]
+  _write_chunks(resumed[0], image, text,
+                [c for c in resumed[0].shard(0, 2) if not resumed[0].done(*c)])
+  _write_chunks(resumed[1], image, text, resumed[1].shard(1, 2))
+  assert resumed[1].finish(**FIELDS)["count"] == 23
+  assert resumed[0].finish(**FIELDS)["count"] == 23  # Already assembled.
+  local = _builder(tmp_path / "cache")
+  _write_chunks(local, image, text, local.chunks)
+  local.finish(**FIELDS)
+  for name in ("image.npy", "text.npy", "manifest.json"):
+    assert ((fake_gcs / "bucket" / "cache" / name).read_bytes()
+            == (tmp_path / "cache" / name).read_bytes())
+  assert sorted(os.listdir(fake_gcs / "bucket")) == ["cache"]
+  np.testing.assert_array_equal(_load("gs://bucket/cache", count=23).image,
+                                image)
+
+
+def test_gcs_rebuild_interrupted_while_publishing_leaves_no_mixed_cache(
+    fake_gcs, monkeypatch):
+  _write("gs://bucket/cache", n=23, d=4)  # An older cache.
+  image, text = _embeddings()
+  builder = _builder("gs://bucket/cache", dataset_fingerprint="data2")
+  _write_chunks(builder, image, text, builder.chunks)
+
+  def preempted(*args):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as patch:
+    patch.setattr(reference_cache, "_publish", preempted)
+    with pytest.raises(KeyboardInterrupt):
+      builder.finish(**FIELDS)
+  with pytest.raises(reference_cache.CacheError, match="no reference cache"):
+    _load("gs://bucket/cache", count=23)
+  assert builder.finish(**FIELDS)["dataset_fingerprint"] == "data2"
+  np.testing.assert_array_equal(
+      _load("gs://bucket/cache", count=23, dataset_fingerprint="data2").text,
+      text)
