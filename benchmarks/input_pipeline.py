@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 
 from jest_jax import cache_reference
@@ -113,16 +112,7 @@ def fake_reference_run(workdir, config):
   params = jax.jit(model.init)(jax.random.key(0),
                                np.zeros((1, 32, 32, 3), np.float32),
                                np.zeros((1, 16), np.int32))["params"]
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort())
-  manager = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(create=True,
-                                           enable_async_checkpointing=False),
-      item_names=("state",))
-  manager.save(1, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"params": params})))
-  manager.wait_until_finished()
+  train.write_params_as_run(workdir, config, params, step=1)
 
 
 def main():

@@ -366,6 +366,24 @@ def _save_config(workdir, config):
       config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def write_params_as_run(workdir, config, params, step=0):
+  """Makes `params` a run directory (config.json + a checkpoint holding
+  `{"params": ...}` at `step`) that `restore_params` and
+  `python -m jest_jax.cache_reference` read: e.g. a big_vision checkpoint
+  loaded with `models.big_vision_io.load_npz`, to serve as the reference."""
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  _save_config(workdir, config)
+  _use_serial_array_saving_on_cpu()
+  manager = ocp.CheckpointManager(
+      _checkpoint_dir(workdir),
+      options=ocp.CheckpointManagerOptions(create=True,
+                                           enable_async_checkpointing=False),
+      item_names=("state",))
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave({"params": params})))
+  manager.wait_until_finished()
+
+
 def global_batches(super_batch, ref_batch, mesh):
   """This process's block of super-batch rows and of their reference rows
   -> global arrays over `mesh` (every process calls it, same step)."""

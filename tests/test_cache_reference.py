@@ -6,7 +6,6 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from jest_jax import cache_reference
@@ -42,16 +41,7 @@ def reference_run(tmp_path_factory):
   params = jax.jit(model.init)(
       jax.random.key(3), np.zeros((1, 32, 32, 3), np.float32),
       np.zeros((1, 16), np.int32))["params"]
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort())
-  manager = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(create=True,
-                                           enable_async_checkpointing=False),
-      item_names=("state",))
-  manager.save(7, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"params": params})))
-  manager.wait_until_finished()
+  train.write_params_as_run(workdir, config, params, step=7)
   return workdir, config, model, params
 
 
