@@ -2,7 +2,6 @@
 retrieval R@1 in both directions, on the built-in corpus's clean held-out
 splits."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -78,25 +77,11 @@ def retrieval_r1(image_emb, text_emb):
           float(np.mean(np.argmax(sims, axis=0) == target)))
 
 
-@functools.lru_cache(maxsize=4)
-def _eval_splits(data_key):
-  config_data = _unfreeze(data_key)
-  return (input_pipeline.load_split(config_data, "zeroshot"),
-          input_pipeline.load_split(config_data, "retrieval"))
-
-
-def _freeze(config_data):
-  return tuple(sorted(config_data.to_dict().items()))
-
-
-def _unfreeze(frozen):
-  import ml_collections
-  return ml_collections.ConfigDict(dict(frozen))
-
-
 def evaluate(encoder, params, config_data):
   """`{"eval/zeroshot_top1", "eval/i2t_r1", "eval/t2i_r1"}` as floats."""
-  zeroshot, retrieval = _eval_splits(_freeze(config_data))
+  # load_split caches per process: evals after the first reuse the arrays.
+  zeroshot = input_pipeline.load_split(config_data, "zeroshot")
+  retrieval = input_pipeline.load_split(config_data, "retrieval")
   classifier = zeroshot_classifier(encoder, params, config_data)
   image_emb = encoder.images(params, zeroshot.arrays["image"])
   predicted = np.argmax(image_emb @ classifier.T, axis=1)

@@ -1,6 +1,6 @@
 """One trainer for reference and learner runs.
 
-The data flow of a step (`make_train_step`):
+The data flow of a step (`StepFunctions.step`):
 
   super_batch --score--> learner embeddings --select--> sub_batch --update-->
                  ^ reference embeddings (cache)
@@ -300,12 +300,6 @@ def _compiled_flops(compiled):
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost["flops"])
-
-
-def make_train_step(model, optimizer, config, mesh):
-  """The jitted step `(state, super_batch, reference, key) -> (state,
-  metrics)`; see `StepFunctions`."""
-  return StepFunctions(model, optimizer, config, mesh).jit_step()
 
 
 # -------------------------------------------------------------- the run --

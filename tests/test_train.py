@@ -29,21 +29,11 @@ TINY = [
 
 
 def tiny_config(name, arg, **extra):
-  config = demo.load_config(name, arg)
-  for item in TINY:
-    key, value = item.split("=")
-    parent = config
-    *path, leaf = key.split(".")
-    for part in path:
-      parent = parent[part]
-    parent[leaf] = type(parent[leaf])(value)
-  for key, value in extra.items():
-    parent = config
-    *path, leaf = key.split("__")
-    for part in path:
-      parent = parent[part]
-    parent[leaf] = value
-  return config
+  """`configs/NAME.py:ARG` with TINY, plus `extra` as `a__b=value` keys."""
+  extra_items = [f"{key.replace('__', '.')}={value}"
+                 for key, value in extra.items()]
+  return demo.apply_overrides(demo.load_config(name, arg),
+                              TINY + extra_items)
 
 
 def run_cli(module, *args):
