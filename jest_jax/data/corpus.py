@@ -123,6 +123,14 @@ _TEMPLATE_DRAW_RANGE = math.lcm(len(_ONE_OBJECT_TEMPLATES),
 class CorpusConfig:
   """What to generate; `make_split(config, split)` is a pure function of it.
 
+  `version` picks the generator: 1 (the default) is the corpus described
+  above, record for record as it has always been; 2 is the web-like corpus
+  of `corpus_v2` (long-tailed concepts, near-duplicates, counts, a curated
+  split that differs from the pool, hard-negative retrieval). The fields
+  after `max_tokens` are version 2's and version 1 ignores them. Version 2's
+  defaults were fixed before any model was trained on it, from what web
+  image–text data looks like (the reason is next to each), not from results.
+
   Attributes:
     seed: root seed; each split and block derives its own stream from it.
     image_size: image side in pixels; a multiple of `grid_cell`.
@@ -133,6 +141,21 @@ class CorpusConfig:
     noise_mix: shares of (mismatch, uninformative, attribute) among the
       corrupted pairs; sums to 1.
     max_tokens: token budget of a caption, eos included (checked to fit).
+    version: 1 or 2, the generator (see above).
+    zipf_exponent: (v2) concept frequencies fall as rank^-exponent over the
+      96 concepts (colour × shape × size); 0 is uniform.
+    scene_mix: (v2) shares of (one object, a group of 2–3 copies of one
+      concept, two concepts and their spatial relation); sums to 1.
+    duplicate_rate: (v2) share of train records that are near-duplicates of
+      another train record, in [0, 1).
+    duplicate_paraphrase: (v2) share of near-duplicates whose caption is
+      reworded (the rest repeat their source's caption word for word).
+    curated_balance: (v2) "balanced" (each present concept equally often)
+      or "pool" (the pool's long tail) for the curated split.
+    curated_missing: (v2) share of the 96 concepts that never appear in the
+      curated split, in [0, 1).
+    n_hard_negatives: (v2) captions per retrieval image that differ from
+      its caption in exactly one attribute or the relation, 1..4.
   """
   seed: int = 0
   image_size: int = 32
@@ -144,20 +167,64 @@ class CorpusConfig:
   noise_rate: float = 0.5
   noise_mix: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
   max_tokens: int = 16
+  # Version 1 stays the default until the study of version 2 is in, so
+  # numbers measured on version 1 reproduce.
+  version: int = 1
+  # Word and entity frequencies on the web follow Zipf's law with an
+  # exponent near 1; concept counts in image-text crawls are as skewed.
+  zipf_exponent: float = 1.0
+  # Alt-text mostly names one subject; counts and spatial relations are
+  # rare in it (and so the hard part). Both still reach thousands of
+  # records in a 100k pool.
+  scene_mix: tuple[float, float, float] = (0.55, 0.15, 0.30)
+  # De-duplication studies of web crawls (LAION) find a quarter to a half
+  # of the images near-duplicated; 0.3 sits at the low end of that.
+  duplicate_rate: float = 0.3
+  # Re-posted images keep their alt-text about as often as they get new.
+  duplicate_paraphrase: float = 0.5
+  # A curated set is collected per category (balanced), by people who list
+  # categories in advance, so part of the web's concept space is missing.
+  curated_balance: str = "balanced"
+  curated_missing: float = 0.25
+  # Four one-attribute edits fit every retrieval scene (a lone object has
+  # colour, shape, size and count to change).
+  n_hard_negatives: int = 4
 
 
-def class_names():
-  """The 48 zero-shot class names, index = label = colour * 6 + shape."""
+def class_names(config=None):
+  """The zero-shot class names, index = label.
+
+  Version 1 (also `config=None`): 48 names "red circle", label = colour * 6
+  + shape. Version 2: the 96 concepts "small red circle" (`corpus_v2`).
+  """
+  if config is not None and config.version == 2:
+    return _v2().class_names()
   return [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
 
 
-def prompt_templates():
-  """Prompt-ensemble templates for zero-shot classification, one "{}" each."""
+def prompt_templates(config=None):
+  """Prompt-ensemble templates for zero-shot classification, one "{}" each
+  (version 1 unless `config` says 2)."""
+  if config is not None and config.version == 2:
+    return _v2().prompt_templates()
   return list(_ZEROSHOT_TEMPLATES)
 
 
-def vocabulary():
-  """Every word a caption or prompt of this corpus can contain, fixed order."""
+def vocabulary(config=None):
+  """Every word a caption or prompt of this corpus can contain, fixed order
+  (version 1 unless `config` says 2; version 2's list extends version 1's)."""
+  if config is not None and config.version == 2:
+    return _v2().vocabulary()
+  return _v1_vocabulary()
+
+
+def _v2():
+  # Imported late: corpus_v2 builds on this module's tables and painter.
+  from jest_jax.data import corpus_v2  # pylint: disable=g-import-not-at-top
+  return corpus_v2
+
+
+def _v1_vocabulary():
   phrases = (
       list(_ONE_OBJECT_TEMPLATES) + list(_TWO_OBJECT_TEMPLATES)
       + list(_RETRIEVAL_TEMPLATES) + list(_ZEROSHOT_TEMPLATES)
@@ -188,6 +255,8 @@ def fingerprint(config, split):
   if split == "train":
     fields["noise_rate"] = float(config.noise_rate)
     fields["noise_mix"] = [float(share) for share in config.noise_mix]
+  if config.version != 1:
+    fields.update(_v2().fingerprint_fields(config, split))
   text = json.dumps(fields, sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -223,20 +292,35 @@ def make_split(config, split, with_metadata=False):
   """
   _check_config(config)
   _check_split(split)
+  if config.version == 2:
+    return _v2().make_split(config, split, with_metadata)
+  records = _collect_blocks(config, split, _make_block, ("source",))
+  if with_metadata:
+    return records
+  public = ("image", "caption", "corrupt", "corruption", "label", "index")
+  return {key: records[key] for key in public}
+
+
+def _collect_blocks(config, split, make_block, index_keys):
+  """The split's records from `make_block(config, split, block_index,
+  masks)`, block after block, with "index" added.
+
+  `index_keys` name within-block record indices (-1: none) to turn into
+  split indices; retrieval blocks are deduplicated by "description".
+  """
   n_records = _split_size(config, split)
   masks = _shape_masks(config.grid_cell)
   records, n_done, block_index = None, 0, 0
   seen_descriptions = set()
   # At least one block, so an empty split still has the right dtypes.
   while records is None or n_done < n_records:
-    block = _make_block(config, split, block_index, masks)
+    block = make_block(config, split, block_index, masks)
     block_index += 1
     if split == "retrieval":
       block = _drop_repeated_descriptions(block, seen_descriptions)
     else:
-      # Mismatch sources were drawn within the block; make them split indices.
-      block["source"] = np.where(block["source"] >= 0,
-                                 block["source"] + n_done, -1)
+      for key in index_keys:
+        block[key] = np.where(block[key] >= 0, block[key] + n_done, -1)
     block.pop("description")
     if records is None:
       # Filled in place: concatenating blocks would double the peak memory.
@@ -247,10 +331,7 @@ def make_split(config, split, with_metadata=False):
       records[key][n_done:n_done + n_kept] = value[:n_kept]
     n_done += n_kept
   records["index"] = np.arange(n_records, dtype=np.int64)
-  if with_metadata:
-    return records
-  public = ("image", "caption", "corrupt", "corruption", "label", "index")
-  return {key: records[key] for key in public}
+  return records
 
 
 # ---------------------------------------------------------------------------
@@ -270,6 +351,11 @@ def _split_size(config, split):
 
 def _check_config(config):
   """Raises ValueError naming the bad field and the fix."""
+  if config.version not in (1, 2):
+    raise ValueError(f"CorpusConfig.version={config.version!r} is unknown; "
+                     "use 1 (the original corpus) or 2 (web-like)")
+  if config.version == 2:
+    _v2().check_config(config)
   if config.grid_cell < 4:
     raise ValueError(f"CorpusConfig.grid_cell={config.grid_cell} is too small "
                      "to draw a shape; use 4 or more (8 for 32 px images)")
@@ -432,15 +518,15 @@ def _draw_scenes(rng, n, config, n_objects):
   return scene
 
 
-def _draw_paint_params(rng, n, side):
+def _draw_paint_params(rng, n, side, n_slots=2):
   """Random appearance of `n` images of `side`² px (everything but layout).
 
   Returns:
     dict: "start", "delta" float32 [n, 3], the background colour at one end
     of the gradient and the change to the other end (low saturation: a grey
     level plus small tints); "angle" float64 [n], the gradient's direction
-    (rad); "object_colour" float32 [n, 2, 3], palette colour plus jitter is
-    added later; "noise" uint8 [n, side, side, 3], raw pixel noise bytes.
+    (rad); "colour_jitter" float32 [n, n_slots, 3], added to each object's
+    palette colour; "noise" uint8 [n, side, side, 3], raw pixel noise bytes.
   """
   grey = rng.uniform(50.0, 210.0, (n, 1, 1))
   ends = (grey + rng.uniform(-50.0, 50.0, (n, 2, 1))
@@ -450,7 +536,7 @@ def _draw_paint_params(rng, n, side):
       "delta": ends[:, 1] - ends[:, 0],
       "angle": rng.uniform(0.0, 2.0 * np.pi, n),
       "colour_jitter": rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER,
-                                   (n, 2, 3)).astype(np.float32),
+                                   (n, n_slots, 3)).astype(np.float32),
       # Uniform noise from random bytes: ~5x cheaper than normal draws.
       "noise": rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),
   }
@@ -482,7 +568,7 @@ def _paint(scene, params, masks):
 
   object_colour = (PALETTE[np.maximum(scene["colour"], 0)]
                    + params["colour_jitter"])
-  for slot in range(2):
+  for slot in range(scene["size"].shape[1]):
     for size_index, size_masks in enumerate(masks):
       examples = np.flatnonzero(scene["size"][:, slot] == size_index)
       if not len(examples):
@@ -680,10 +766,10 @@ def _content_key(scene):
   return (low + 1) * (N_CLASSES + 1) + (high + 1)
 
 
-def _draw_mismatch_sources(rng, scene, targets):
-  """For each target record, a record holding other classes, int64 [k]."""
-  n = len(scene["n_objects"])
-  key = _content_key(scene)
+def _draw_mismatch_sources(rng, key, targets):
+  """For each target record, a record with another `key` (int64 [n], e.g.
+  `_content_key`): int64 [k]."""
+  n = len(key)
   sources = np.empty(len(targets), dtype=np.int64)
   pending = np.arange(len(targets))
   # Redraw the few collisions; each try succeeds with probability >~ 0.97.
@@ -760,7 +846,8 @@ def _make_block(config, split, block_index, masks):
   source = np.full(n, -1, dtype=np.int64)
   swapped = np.full(n, -1, dtype=np.int8)
   mismatched = np.flatnonzero(corruption == MISMATCH)
-  source[mismatched] = _draw_mismatch_sources(noise_rng, scene, mismatched)
+  source[mismatched] = _draw_mismatch_sources(noise_rng, _content_key(scene),
+                                              mismatched)
   for target, origin in zip(mismatched.tolist(), source[mismatched].tolist()):
     captions[target] = clean[origin]
   uninformative = np.flatnonzero(corruption == UNINFORMATIVE)
