@@ -4,7 +4,8 @@ Generated locally on first use (never downloaded) from a `CorpusConfig` into
 
   DATA_DIR/jest_builtin/KEY/jest_builtin_corpus/VERSION/
 
-(KEY names the config), with splits train / curated / retrieval / zeroshot
+(KEY names the config, the generator version included, so version-1 and
+version-2 data never share a directory), with splits train / curated / retrieval / zeroshot
 (empty splits are left out). Features: `image` (uint8 32×32×3, raw bytes),
 `caption`, `corrupt` (the ground-truth flag), `corruption` (0 clean,
 1 mismatch, 2 uninformative, 3 attribute), `label` (colour * 6 + shape of the
@@ -13,10 +14,15 @@ shuffling), so a record's position in a split is its `index`.
 
 The SentencePiece model beside the records (`spm.model`) is the corpus's
 tokenizer: a word-level model trained once on corpus captions, prompts and
-words from a fixed sample (seed 0), so every corpus config shares it and
-every caption fits `CorpusConfig.max_tokens` uncut.
+words from a fixed sample (seed 0), so every corpus config of one generator
+version shares it and every caption fits `CorpusConfig.max_tokens` uncut.
+Version 2 has its own (its vocabulary adds counts and plurals); version 1's
+is the one it has always been. Version 2's hard negatives are not stored:
+`corpus.make_split(config, "retrieval")["hard_negatives"]` gives them, in
+the stored records' index order.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,14 +32,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jest_jax.data import corpus
+from jest_jax.data import corpus_v2
 from jest_jax.data import storage
 from jest_jax.data import tokenizer as tokenizer_lib
 
 BUILDER_NAME = "jest_builtin_corpus"
-# The corpus generator's version is the dataset's major version.
+# The TFDS version of the stored features (the same for both generator
+# versions; `config_key` separates their data).
 VERSION = f"{corpus.GENERATOR_VERSION}.0.0"
-# One word per piece: the corpus's vocabulary is closed and small (58 words).
-TOKENIZER_VOCAB_SIZE = 64
+# One word per piece: the corpus's vocabulary is closed and small (58 words
+# in version 1, 68 in version 2), per generator version.
+TOKENIZER_VOCAB_SIZE = {1: 64, 2: 80}
 _TOKENIZER_SAMPLE = corpus.CorpusConfig(seed=0, n_train=4096, n_curated=4096,
                                         n_retrieval=1024, n_zeroshot=0)
 
@@ -101,13 +110,19 @@ RECORD_FORMAT = 1
 
 
 def _config_fields(config):
-  return {"version": corpus.GENERATOR_VERSION, "format": RECORD_FORMAT,
-          "seed": config.seed,
-          "image_size": config.image_size, "grid_cell": config.grid_cell,
-          "n_train": config.n_train, "n_curated": config.n_curated,
-          "n_retrieval": config.n_retrieval, "n_zeroshot": config.n_zeroshot,
-          "noise_rate": float(config.noise_rate),
-          "noise_mix": [float(share) for share in config.noise_mix]}
+  fields = {"version": corpus.GENERATOR_VERSION, "format": RECORD_FORMAT,
+            "seed": config.seed,
+            "image_size": config.image_size, "grid_cell": config.grid_cell,
+            "n_train": config.n_train, "n_curated": config.n_curated,
+            "n_retrieval": config.n_retrieval,
+            "n_zeroshot": config.n_zeroshot,
+            "noise_rate": float(config.noise_rate),
+            "noise_mix": [float(share) for share in config.noise_mix]}
+  if config.version != 1:
+    # Version 1's fields stay as they were: its data dirs keep their keys.
+    for split in corpus.SPLITS:
+      fields.update(corpus_v2.fingerprint_fields(config, split))
+  return fields
 
 
 def config_key(config):
@@ -116,31 +131,37 @@ def config_key(config):
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def tokenizer_path(data_dir):
+def tokenizer_path(data_dir, version=1):
+  """Where the tokenizer of corpus generator `version` is kept."""
+  name = (f"tokenizer-v{corpus.GENERATOR_VERSION}.model" if version == 1
+          else f"tokenizer-corpus-v{version}-{corpus_v2.GENERATOR_VERSION}"
+          ".model")
   return os.path.join(storage.resolve_data_dir(data_dir), "jest_builtin",
-                      f"tokenizer-v{corpus.GENERATOR_VERSION}.model")
+                      name)
 
 
-def tokenizer(data_dir=""):
-  """The corpus's SentencePiece tokenizer, trained on first use."""
-  path = tokenizer_path(data_dir)
+def tokenizer(data_dir="", version=1):
+  """The SentencePiece tokenizer of corpus generator `version` (1 or 2,
+  `CorpusConfig.version`), trained on first use."""
+  path = tokenizer_path(data_dir, version)
   if not os.path.exists(path):
     with storage.file_lock(path + ".lock"):
       if not os.path.exists(path):
         tokenizer_lib.train_sentencepiece(
-            _tokenizer_texts(), path, vocab_size=TOKENIZER_VOCAB_SIZE,
-            model_type="word")
+            _tokenizer_texts(version), path,
+            vocab_size=TOKENIZER_VOCAB_SIZE[version], model_type="word")
   return tokenizer_lib.SentencePieceTokenizer.load(path)
 
 
-def _tokenizer_texts():
+def _tokenizer_texts(version=1):
   """Captions of a fixed corpus sample, the zero-shot prompts, and every
   vocabulary word once (so rare words get a piece)."""
-  texts = list(corpus.vocabulary())
+  sample = dataclasses.replace(_TOKENIZER_SAMPLE, version=version)
+  texts = list(corpus.vocabulary(sample))
   for split in ("train", "curated", "retrieval"):
-    texts += corpus.make_split(_TOKENIZER_SAMPLE, split)["caption"].tolist()
-  texts += [template.format(name) for name in corpus.class_names()
-            for template in corpus.prompt_templates()]
+    texts += corpus.make_split(sample, split)["caption"].tolist()
+  texts += [template.format(name) for name in corpus.class_names(sample)
+            for template in corpus.prompt_templates(sample)]
   return texts
 
 
@@ -152,11 +173,12 @@ def prepare(corpus_config, data_dir=""):
   builder = JestBuiltinCorpus(corpus_config=corpus_config, data_dir=root)
 
   def write_tokenizer(dataset_dir):
-    shutil.copyfile(tokenizer_path(data_dir),
+    shutil.copyfile(tokenizer_path(data_dir, corpus_config.version),
                     os.path.join(dataset_dir, storage.TOKENIZER_FILE + ".tmp"))
     os.replace(os.path.join(dataset_dir, storage.TOKENIZER_FILE + ".tmp"),
                os.path.join(dataset_dir, storage.TOKENIZER_FILE))
 
-  tokenizer(data_dir)  # Trained (once) before the dataset that stores it.
+  # Trained (once) before the dataset that stores it.
+  tokenizer(data_dir, corpus_config.version)
   storage.prepare(builder, write_extras=write_tokenizer)
   return BUILDER_NAME, root
