@@ -6,12 +6,16 @@ by their pixels and by a per-pixel painter written here, the slow twin of
 """
 
 import collections
+import dataclasses
+import hashlib
 import itertools
 
 import numpy as np
 import pytest
 
+from jest_jax.data import builtin_tfds
 from jest_jax.data import corpus
+from jest_jax.data import corpus_v2
 from jest_jax.data import tokenizer
 
 CONFIG = corpus.CorpusConfig(seed=3, n_train=6000, n_curated=500,
@@ -574,3 +578,428 @@ def test_tokenizer_rejects_repeated_or_spaced_words_and_no_room_for_eos():
     tokenizer.WordTokenizer(["red circle"])
   with pytest.raises(ValueError, match="eos"):
     tokenizer.WordTokenizer(["red"]).encode(["red"], 0)
+
+
+# ---------------------------------------------------------------------------
+# Version 1 is a preset that does not move.
+
+# Recorded from the generator before version 2 existed (commit 47eb70c):
+# SHA-256 prefixes of every array of every split (metadata included), the
+# default config's fingerprints and data key, and the tokenizer's texts.
+V1_CONFIG = corpus.CorpusConfig(seed=7, n_train=5000, n_curated=300,
+                                n_retrieval=200, n_zeroshot=100)
+V1_DIGESTS = {"train": "754c0ed9e2f7526c", "curated": "f2141bc104e95a05",
+              "retrieval": "859326009a47fe37", "zeroshot": "74c8c7d37a6ff8ed"}
+V1_FINGERPRINTS = {"train": "4a13ae3852fb997e", "curated": "8384b6c184a5ee6a",
+                   "retrieval": "81c6b4e2e2d0b44e",
+                   "zeroshot": "86e712baaa84fb29"}
+V1_DATA_KEY = "f83b342873645714"
+V1_TOKENIZER_TEXTS = "113ccbf93b8fc08a"
+
+
+def digest(records):
+  """Short SHA-256 of every array's key, dtype, shape and bytes."""
+  hasher = hashlib.sha256()
+  for key in sorted(records):
+    array = np.ascontiguousarray(records[key])
+    hasher.update(key.encode())
+    hasher.update(str(array.dtype).encode())
+    hasher.update(str(array.shape).encode())
+    hasher.update(array.tobytes())
+  return hasher.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("split", corpus.SPLITS)
+def test_version_1_preset_gives_the_recorded_bytes_and_fingerprints(split):
+  for config in (V1_CONFIG, dataclasses.replace(V1_CONFIG, version=1)):
+    records = corpus.make_split(config, split, with_metadata=True)
+    assert digest(records) == V1_DIGESTS[split]
+  assert corpus.fingerprint(corpus.CorpusConfig(), split) == (
+      V1_FINGERPRINTS[split])
+
+
+def test_version_1_data_key_tokenizer_and_names_are_the_recorded_ones():
+  assert corpus.CorpusConfig().version == 1
+  assert builtin_tfds.config_key(corpus.CorpusConfig()) == V1_DATA_KEY
+  texts = "\n".join(builtin_tfds._tokenizer_texts())
+  assert hashlib.sha256(texts.encode()).hexdigest()[:16] == (
+      V1_TOKENIZER_TEXTS)
+  assert corpus.class_names() == corpus.class_names(corpus.CorpusConfig())
+  assert len(corpus.class_names()) == 48
+
+
+# ---------------------------------------------------------------------------
+# Version 2: the web-like corpus.
+
+V2 = corpus.CorpusConfig(version=2, seed=4, n_train=16384, n_curated=3000,
+                         n_retrieval=400, n_zeroshot=192)
+COUNT_OF_WORD = {"two": 2, "three": 3}
+PLURALS = ("circles", "squares", "triangles", "stars", "crosses", "rings")
+
+
+@pytest.fixture(scope="module")
+def v2_splits():
+  return {split: corpus.make_split(V2, split, with_metadata=True)
+          for split in corpus.SPLITS}
+
+
+def parse_v2(caption):
+  """([(colour, shape, size or None, count)], relation or None)."""
+  objects, size, colour, count = [], None, None, 1
+  for word in caption.split():
+    if word in SIZE_OF_WORD:
+      size = SIZE_OF_WORD[word]
+    elif word in COUNT_OF_WORD:
+      count = COUNT_OF_WORD[word]
+    elif word in corpus.COLOURS:
+      colour = corpus.COLOURS.index(word)
+    elif word in corpus.SHAPES or word in PLURALS:
+      shape = (corpus.SHAPES.index(word) if word in corpus.SHAPES
+               else PLURALS.index(word))
+      objects.append((colour, shape, size, count))
+      size, colour, count = None, None, 1
+  return objects, parse_relation(caption)
+
+
+def v2_caption_is_true(caption, records, row, grid_cell):
+  """Whether a version-2 caption says what the record's scene holds."""
+  named, relation = parse_v2(caption)
+  objects = scene_objects(records, row)
+  if records["scene_type"][row] != corpus_v2.PAIR:
+    if len(named) != 1 or relation is not None:
+      return False
+    colour, shape, size, count = named[0]
+    return count == len(objects) and all(
+        (colour, shape) == item[:2] and size in (None, item[2])
+        for item in objects)
+  if any(count != 1 for *_, count in named):
+    return False
+  return caption_is_true(caption, objects, grid_cell)
+
+
+def caption_difference(caption, other):
+  """The (attribute code) of each difference between two captions' content
+  (`corpus_v2.ATTRIBUTE_NAMES`), or None if their structure differs."""
+  (objects, relation), (other_objects, other_relation) = (parse_v2(caption),
+                                                          parse_v2(other))
+  if len(objects) != len(other_objects):
+    return None
+  differences = [field for a, b in zip(objects, other_objects)
+                 for field in range(4) if a[field] != b[field]]
+  if relation != other_relation:
+    differences.append(corpus_v2.RELATION)
+  return differences
+
+
+def template_words(caption):
+  """A caption's words that name no attribute, count or relation."""
+  named = (set(SIZE_OF_WORD) | set(COUNT_OF_WORD) | set(corpus.COLOURS)
+           | set(corpus.SHAPES) | set(PLURALS)
+           | {"a", "an", "to", "the", "of", "left", "right", "above", "below"})
+  return [word for word in caption.split() if word not in named]
+
+
+def chi2_upper(df, z=4.0):
+  """Wilson–Hilferty: the chi-square quantile z standard deviations up."""
+  return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
+
+
+def test_v2_scene_mix_and_noise_follow_the_config(v2_splits):
+  train = v2_splits["train"]
+  n = len(train["caption"])
+  shares = np.bincount(train["scene_type"], minlength=3) / n
+  # Four binomial standard deviations.
+  tolerance = 4 * np.sqrt(0.25 / n)
+  np.testing.assert_allclose(shares, V2.scene_mix, atol=tolerance)
+  groups = train["scene_type"] == corpus_v2.GROUP
+  assert set(train["count"][groups].tolist()) == {2, 3}
+  assert np.all(train["count"][~groups] == 1)
+  assert abs(train["corrupt"].mean() - V2.noise_rate) < 1e-3
+
+
+@pytest.mark.parametrize("exponent, duplicate_rate", [(1.0, 0.3), (0.5, 0.0),
+                                                      (2.0, 0.0)])
+def test_v2_concept_frequencies_follow_the_configured_zipf_law(
+    exponent, duplicate_rate):
+  config = dataclasses.replace(V2, zipf_exponent=exponent, n_train=16384,
+                               duplicate_rate=duplicate_rate)
+  train = corpus.make_split(config, "train", with_metadata=True)
+  probabilities = corpus_v2.concept_probabilities(config)
+  ranks = corpus_v2.concept_ranks()
+  np.testing.assert_allclose(probabilities[np.argsort(ranks)],
+                             np.arange(1, 97.0) ** -exponent
+                             / np.sum(np.arange(1, 97.0) ** -exponent))
+  # Originals are independent draws of the first object's concept: a
+  # goodness-of-fit test against the law (duplicates repeat their source,
+  # which correlates counts, so they are left out of this part).
+  original = train["duplicate_of"] < 0
+  counts = np.bincount(train["concept"][original], minlength=96)
+  expected = probabilities * original.sum()
+  statistic = np.sum((counts - expected) ** 2 / expected)
+  assert statistic < chi2_upper(95), statistic
+  # With duplicates, the rank–frequency slope on log-log axes is still
+  # -exponent: fitted over the ranks with 100+ expected records, within a
+  # tolerance from the sample size (Poisson error of the log count).
+  all_counts = np.bincount(train["concept"], minlength=96)[np.argsort(ranks)]
+  expected_all = probabilities[np.argsort(ranks)] * len(train["concept"])
+  fitted = expected_all >= 100
+  log_rank = np.log(np.arange(1, 97.0))[fitted]
+  slope = np.polyfit(log_rank, np.log(all_counts[fitted]), 1)[0]
+  spread_of_log = 1 / np.sqrt(expected_all[fitted])
+  slope_error = np.sqrt(np.sum(spread_of_log ** 2)
+                        / np.sum((log_rank - log_rank.mean()) ** 2))
+  assert abs(slope + exponent) < 4 * slope_error * (1 + 3 * duplicate_rate)
+
+
+def test_v2_head_concepts_are_abundant_and_tail_ones_rare(v2_splits):
+  ranks = corpus_v2.concept_ranks()
+  rank = ranks[v2_splits["train"]["concept"]]
+  assert np.mean(rank < 10) > 0.45
+  assert 0 < np.mean(rank >= 48) < 0.2
+  # The second object of a pair follows the same tail.
+  pairs = v2_splits["train"]["scene_type"] == corpus_v2.PAIR
+  second = corpus_v2.concept_of(*(v2_splits["train"][key][pairs, 1]
+                                  .astype(np.int64)
+                                  for key in ("colour", "shape", "size")))
+  assert np.mean(ranks[second] < 10) > 0.35
+
+
+@pytest.mark.parametrize("duplicate_rate, paraphrase", [(0.3, 0.5),
+                                                        (0.1, 0.0)])
+def test_v2_near_duplicate_share_and_what_a_duplicate_keeps(
+    v2_splits, duplicate_rate, paraphrase):
+  if (duplicate_rate, paraphrase) == (V2.duplicate_rate,
+                                      V2.duplicate_paraphrase):
+    train = v2_splits["train"]
+  else:
+    train = corpus.make_split(dataclasses.replace(
+        V2, n_train=8192, duplicate_rate=duplicate_rate,
+        duplicate_paraphrase=paraphrase), "train", with_metadata=True)
+  copies = np.flatnonzero(train["duplicate_of"] >= 0)
+  # Exact counts per 4096-record block.
+  assert len(copies) == round(duplicate_rate * 4096) * (
+      len(train["caption"]) // 4096)
+  sources = train["duplicate_of"][copies]
+  assert np.all(train["duplicate_of"][sources] == -1)
+  assert np.all(sources // 4096 == copies // 4096)
+  for key in ("concept", "scene_type", "count", "colour", "shape", "size"):
+    np.testing.assert_array_equal(train[key][copies], train[key][sources])
+  cell = V2.grid_cell
+  present = train["colour"][copies] >= 0
+  for key in ("top", "left"):
+    np.testing.assert_array_equal(
+        (train[key][copies] // cell)[present],
+        (train[key][sources] // cell)[present])
+  # Re-rendered, not copied: close in pixels, but not equal.
+  difference = np.abs(train["image"][copies].astype(np.int32)
+                      - train["image"][sources])
+  unrelated = np.abs(train["image"][copies].astype(np.int32)
+                     - train["image"][(copies + 1) % len(copies)])
+  assert np.all(difference.reshape(len(copies), -1).max(axis=1) > 0)
+  assert difference.mean() < 0.5 * unrelated.mean()
+  reworded = train["paraphrased"][copies]
+  assert abs(reworded.mean() - paraphrase) < 2 / len(copies) * 4
+  np.testing.assert_array_equal(
+      train["clean_caption"][copies[~reworded]],
+      train["clean_caption"][sources[~reworded]])
+  for row in copies[reworded][:300]:
+    assert v2_caption_is_true(train["clean_caption"][row], train, row, cell)
+  assert not np.any(train["paraphrased"][train["duplicate_of"] < 0])
+
+
+def test_v2_clean_captions_are_true_and_noise_changes_one_attribute(
+    v2_splits):
+  train = v2_splits["train"]
+  for row in range(3000):
+    assert v2_caption_is_true(train["clean_caption"][row], train, row,
+                              V2.grid_cell), train["clean_caption"][row]
+  attribute = np.flatnonzero(train["corruption"] == corpus.ATTRIBUTE)
+  kinds = collections.Counter()
+  for row in attribute[:2000]:
+    caption, clean = train["caption"][row], train["clean_caption"][row]
+    assert caption_difference(caption, clean) == [train["swapped"][row]], (
+        caption, clean)
+    assert not v2_caption_is_true(caption, train, row, V2.grid_cell)
+    kinds[int(train["swapped"][row])] += 1
+  assert set(kinds) == set(range(5))
+  for row in np.flatnonzero(train["corruption"] == corpus.MISMATCH)[:1000]:
+    assert not v2_caption_is_true(train["caption"][row], train, row,
+                                  V2.grid_cell)
+
+
+def test_v2_curated_split_misses_the_configured_concepts_and_is_balanced(
+    v2_splits):
+  curated, train = v2_splits["curated"], v2_splits["train"]
+  missing = corpus_v2.missing_concepts(V2)
+  assert len(missing) == round(V2.curated_missing * 96) == 24
+  present = curated["colour"] >= 0
+  concepts = corpus_v2.concept_of(*(curated[key].astype(np.int64)
+                                    for key in ("colour", "shape", "size")))
+  assert not set(concepts[present].tolist()) & set(missing.tolist())
+  assert set(concepts[present].tolist()) == set(range(96)) - set(
+      missing.tolist())
+  # The pool holds them, head concepts among them.
+  assert set(missing.tolist()) <= set(train["concept"].tolist())
+  counts = np.bincount(curated["concept"], minlength=96)
+  kept = np.setdiff1d(np.arange(96), missing)
+  assert counts[kept].max() - counts[kept].min() <= 1
+  assert not curated["corrupt"].any()
+  assert np.all(curated["duplicate_of"] == -1)
+  np.testing.assert_array_equal(curated["caption"], curated["clean_caption"])
+
+
+def test_v2_curated_split_can_follow_the_pool_or_miss_nothing():
+  pool_like = dataclasses.replace(V2, curated_balance="pool",
+                                  curated_missing=0.5, n_curated=8192)
+  curated = corpus.make_split(pool_like, "curated", with_metadata=True)
+  missing = corpus_v2.missing_concepts(pool_like)
+  assert set(corpus_v2.missing_concepts(V2).tolist()) <= set(missing.tolist())
+  kept = np.setdiff1d(np.arange(96), missing)
+  probabilities = corpus_v2.concept_probabilities(pool_like)[kept]
+  expected = probabilities / probabilities.sum() * len(curated["concept"])
+  counts = np.bincount(curated["concept"], minlength=96)
+  assert counts[missing].sum() == 0
+  statistic = np.sum((counts[kept] - expected) ** 2 / expected)
+  assert statistic < chi2_upper(len(kept) - 1), statistic
+  complete = corpus.make_split(dataclasses.replace(V2, curated_missing=0.0),
+                               "curated")
+  assert set(complete["label"].tolist()) == set(range(96))
+
+
+def test_v2_hard_negatives_differ_from_the_caption_in_exactly_one_attribute(
+    v2_splits):
+  retrieval = v2_splits["retrieval"]
+  negatives = retrieval["hard_negatives"]
+  assert negatives.shape == (V2.n_retrieval, V2.n_hard_negatives)
+  assert set(retrieval["scene_type"].tolist()) == {0, 1, 2}
+  kinds = collections.Counter()
+  for row in range(V2.n_retrieval):
+    caption = retrieval["caption"][row]
+    assert v2_caption_is_true(caption, retrieval, row, V2.grid_cell)
+    assert len(set(negatives[row].tolist()) | {caption}) == (
+        V2.n_hard_negatives + 1)
+    for k, negative in enumerate(negatives[row]):
+      attribute = retrieval["hard_negative_attribute"][row, k]
+      assert caption_difference(negative, caption) == [attribute], (
+          negative, caption)
+      assert not v2_caption_is_true(negative, retrieval, row, V2.grid_cell)
+      # Same wording around the attributes (no give-away template).
+      assert template_words(negative) == template_words(caption)
+      kinds[int(attribute)] += 1
+  assert set(kinds) == set(range(5))
+  # Every attribute and the relation are named, captions unique.
+  assert len(set(retrieval["caption"].tolist())) == V2.n_retrieval
+  for caption in retrieval["caption"]:
+    assert all(size is not None for _, _, size, _ in parse_v2(caption)[0])
+
+
+def test_v2_public_retrieval_keys_include_the_hard_negatives():
+  config = dataclasses.replace(V2, n_retrieval=20, n_hard_negatives=2)
+  records = corpus.make_split(config, "retrieval")
+  assert set(records) == PUBLIC_KEYS | {"hard_negatives"}
+  assert records["hard_negatives"].shape == (20, 2)
+  assert set(corpus.make_split(config, "zeroshot")) == PUBLIC_KEYS
+
+
+def test_v2_zeroshot_covers_all_96_concepts_with_names_and_prompts(
+    v2_splits):
+  zeroshot = v2_splits["zeroshot"]
+  names = corpus.class_names(V2)
+  assert len(names) == len(set(names)) == 96
+  np.testing.assert_array_equal(zeroshot["label"],
+                                np.arange(V2.n_zeroshot) % 96)
+  assert np.all(zeroshot["n_objects"] == 1)
+  for row in range(96):
+    size, colour, shape = names[zeroshot["label"][row]].split()
+    assert (corpus.SIZES[zeroshot["size"][row, 0]],
+            corpus.COLOURS[zeroshot["colour"][row, 0]],
+            corpus.SHAPES[zeroshot["shape"][row, 0]]) == (size, colour, shape)
+  # The tail and the curated split's gaps are in it.
+  assert set(corpus_v2.missing_concepts(V2).tolist()) <= set(
+      zeroshot["label"].tolist())
+  tokenizer_ = tokenizer.WordTokenizer(corpus.vocabulary(V2))
+  prompts = [template.format(name) for name in names
+             for template in corpus.prompt_templates(V2)]
+  tokens = tokenizer_.encode(prompts, V2.max_tokens)
+  assert not np.any(tokens == tokenizer.UNK_ID)
+
+
+def test_v2_captions_and_negatives_fit_the_v2_vocabulary_and_max_tokens(
+    v2_splits):
+  words = corpus.vocabulary(V2)
+  assert words[:len(corpus.vocabulary())] == corpus.vocabulary()
+  tokenizer_ = tokenizer.WordTokenizer(words)
+  for split, records in v2_splits.items():
+    texts = records["caption"].tolist()
+    if split == "retrieval":
+      texts += records["hard_negatives"].ravel().tolist()
+    tokens = tokenizer_.encode(texts, V2.max_tokens)
+    assert not np.any(tokens == tokenizer.UNK_ID)
+    assert np.all(np.sum(tokens == tokenizer.EOS_ID, axis=1) == 1)
+
+
+def test_v2_objects_sit_on_the_grid_and_never_share_a_cell(v2_splits):
+  train = v2_splits["train"]
+  cell = V2.grid_cell
+  for row in range(2000):
+    occupied = set()
+    for _, _, size, top, left in scene_objects(train, row):
+      assert top % cell in (0, 1, 2) and left % cell in (0, 1, 2)
+      assert top + (size + 1) * cell - 2 <= V2.image_size
+      cells = {(top // cell + r, left // cell + c)
+               for r in range(size + 1) for c in range(size + 1)}
+      assert not cells & occupied, row
+      occupied |= cells
+
+
+def test_v2_split_is_a_prefix_of_a_larger_one():
+  small = dataclasses.replace(V2, n_train=4100)
+  large = dataclasses.replace(V2, n_train=4300, n_curated=10)
+  train_small = corpus.make_split(small, "train")
+  train_large = corpus.make_split(large, "train")
+  for key in PUBLIC_KEYS:
+    np.testing.assert_array_equal(train_small[key], train_large[key][:4100])
+
+
+def test_v2_fingerprint_and_data_key_separate_versions_and_track_knobs():
+  v1_config, v2_config = corpus.CorpusConfig(), corpus.CorpusConfig(version=2)
+  for split in corpus.SPLITS:
+    assert corpus.fingerprint(v1_config, split) != corpus.fingerprint(
+        v2_config, split)
+  assert builtin_tfds.config_key(v1_config) != builtin_tfds.config_key(
+      v2_config)
+  assert builtin_tfds.tokenizer_path("/d", 1) != builtin_tfds.tokenizer_path(
+      "/d", 2)
+  train = corpus.fingerprint(v2_config, "train")
+  for change in ({"zipf_exponent": 0.5}, {"duplicate_rate": 0.1},
+                 {"duplicate_paraphrase": 0.0},
+                 {"scene_mix": (0.5, 0.2, 0.3)}):
+    changed = dataclasses.replace(v2_config, **change)
+    assert corpus.fingerprint(changed, "train") != train
+    assert builtin_tfds.config_key(changed) != builtin_tfds.config_key(
+        v2_config)
+  curated = corpus.fingerprint(v2_config, "curated")
+  assert corpus.fingerprint(dataclasses.replace(
+      v2_config, curated_missing=0.1), "curated") != curated
+  assert corpus.fingerprint(dataclasses.replace(
+      v2_config, duplicate_rate=0.1), "curated") == curated
+  assert corpus.fingerprint(dataclasses.replace(
+      v2_config, n_hard_negatives=2), "retrieval") != corpus.fingerprint(
+          v2_config, "retrieval")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("version", 3, "version"),
+    ("zipf_exponent", -1.0, "zipf_exponent"),
+    ("scene_mix", (0.5, 0.5, 0.5), "scene_mix"),
+    ("duplicate_rate", 1.0, "duplicate_rate"),
+    ("duplicate_paraphrase", 2.0, "duplicate_paraphrase"),
+    ("curated_balance", "uniform", "curated_balance"),
+    ("curated_missing", 0.95, "curated_missing"),
+    ("n_hard_negatives", 5, "n_hard_negatives"),
+])
+def test_bad_v2_config_stops_with_a_message_naming_the_field(field, value,
+                                                             message):
+  config = dataclasses.replace(V2, **{field: value})
+  with pytest.raises(ValueError, match=message):
+    corpus.make_split(config, "zeroshot")
