@@ -822,6 +822,13 @@ def test_v2_clean_captions_are_true_and_noise_changes_one_attribute(
     assert not v2_caption_is_true(caption, train, row, V2.grid_cell)
     kinds[int(train["swapped"][row])] += 1
   assert set(kinds) == set(range(5))
+  # Verbs agree with counts, also where noise changed the count.
+  for caption in train["caption"]:
+    objects, _ = parse_v2(caption)
+    if caption.startswith(("there is", "this is")):
+      assert objects[0][3] == 1, caption
+    if caption.startswith(("there are", "these are")):
+      assert objects[0][3] > 1, caption
   for row in np.flatnonzero(train["corruption"] == corpus.MISMATCH)[:1000]:
     assert not v2_caption_is_true(train["caption"][row], train, row,
                                   V2.grid_cell)
