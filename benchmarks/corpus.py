@@ -1,13 +1,19 @@
 """Times the built-in corpus and draws a contact sheet of its examples.
 
-  python benchmarks/corpus.py [--n_train 100000] [--out benchmarks/results]
+  python benchmarks/corpus.py [--n_train 100000] [--versions 1 2]
+                              [--out benchmarks/results]
 
-Prints examples/s for the train split (one core, NumPy) and writes
-`corpus_examples.png`: 32 train examples with caption and corruption type,
-then 8 from each clean split.
+Prints a table of examples/s per split and generator version (one core,
+NumPy; train over `--n_train` records, best of `--repeats`), writes it to
+`corpus.json`, and draws `corpus_examples.png` (version 1) and
+`corpus_v2_examples.png`: 32 train examples with caption and corruption
+type, then 8 from each clean split (retrieval with its first hard negative
+in version 2).
 """
 
 import argparse
+import dataclasses
+import json
 import os
 import textwrap
 import time
@@ -17,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+import common  # pylint: disable=g-import-not-at-top
 from jest_jax.data import corpus  # pylint: disable=g-import-not-at-top
 
 
@@ -38,14 +45,17 @@ def contact_sheet(config, path, n_train_shown=32, n_other_shown=8):
     kind = corpus.CORRUPTION_NAMES[train["corruption"][row]]
     shown.append((train["image"][row], f"train #{row} [{kind}]",
                   train["caption"][row]))
-  names = corpus.class_names()
+  names = corpus.class_names(config)
   for split in ("curated", "retrieval", "zeroshot"):
     records = corpus.make_split(config, split)
     for row in range(n_other_shown):
       title = f"{split} #{row}"
+      caption = records["caption"][row]
       if split == "zeroshot":
         title += f" [{names[records['label'][row]]}]"
-      shown.append((records["image"][row], title, records["caption"][row]))
+      if "hard_negatives" in records:
+        caption += " | not: " + records["hard_negatives"][row, 0]
+      shown.append((records["image"][row], title, caption))
   n_cols = 8
   n_rows = -(-len(shown) // n_cols)
   figure, axes = plt.subplots(n_rows, n_cols,
@@ -65,19 +75,38 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--n_train", type=int, default=100_000)
   parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--versions", type=int, nargs="+", default=[1, 2])
   parser.add_argument("--out", default=os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "results"))
   args = parser.parse_args()
-  config = corpus.CorpusConfig(n_train=args.n_train)
-  seconds = time_split(config, "train", args.repeats)
-  print(f"train split: {args.n_train} examples in {seconds:.2f} s = "
-        f"{args.n_train / seconds:,.0f} examples/s (best of {args.repeats})")
-  for split in ("curated", "retrieval", "zeroshot"):
-    print(f"{split}: {time_split(config, split, 1):.2f} s")
   os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "corpus_examples.png")
-  contact_sheet(corpus.CorpusConfig(n_train=64, n_curated=64, n_retrieval=64,
-                                    n_zeroshot=64), path)
+  rows = []
+  print(f"{'version':>7} {'split':>9} {'records':>8} {'seconds':>8} "
+        f"{'examples/s':>11}")
+  for version in args.versions:
+    config = corpus.CorpusConfig(version=version, n_train=args.n_train)
+    for split, size, repeats in (("train", args.n_train, args.repeats),
+                                 ("curated", config.n_curated, 1),
+                                 ("retrieval", config.n_retrieval, 1),
+                                 ("zeroshot", config.n_zeroshot, 1)):
+      seconds = time_split(config, split, repeats)
+      rows.append(dict(version=version, split=split, records=size,
+                       seconds=seconds, examples_per_s=size / seconds,
+                       repeats=repeats))
+      print(f"{version:>7} {split:>9} {size:>8} {seconds:>8.2f} "
+            f"{size / seconds:>11,.0f}")
+    sheet = dataclasses.replace(config, n_train=64, n_curated=64,
+                                n_retrieval=64, n_zeroshot=96)
+    name = ("corpus_examples.png" if version == 1
+            else f"corpus_v{version}_examples.png")
+    contact_sheet(sheet, os.path.join(args.out, name))
+    print(f"wrote {os.path.join(args.out, name)}")
+  path = os.path.join(args.out, "corpus.json")
+  with open(path, "w") as f:
+    json.dump(dict(command="python benchmarks/corpus.py " + " ".join(
+        f"--{key} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+        for key, value in vars(args).items() if key != "out"),
+                   machine=common.machine(), rows=rows), f, indent=1)
   print(f"wrote {path}")
 
 
