@@ -1,5 +1,10 @@
 """Built-in procedural image–caption corpus with web-like caption noise.
 
+Two generator versions, picked by `CorpusConfig.version`: 1 (the default,
+described here) and 2, the web-like corpus of `corpus_v2` (long-tailed
+concepts, near-duplicates, counts, a curated split that differs from the
+pool, hard-negative retrieval). Version 1's records never change.
+
 Each record is a 32×32 RGB image of one or two coloured shapes (6 shapes × 8
 colours × 2 sizes) on a noisy, low-saturation gradient, with a compositional
 English caption ("a small red circle", "a photo of a big blue square to the
@@ -271,7 +276,9 @@ def make_split(config, split, with_metadata=False):
       below), for tests, diagnostics and plots.
 
   Returns:
-    A dict of arrays with N = the split's size:
+    For version 2, what `corpus_v2.make_split` says (these keys, plus
+    "hard_negatives" in the retrieval split). For version 1,
+    a dict of arrays with N = the split's size:
       "image": uint8 [N, H, W, 3].
       "caption": str [N] ('<U..' dtype).
       "corrupt": bool [N], the ground-truth corruption flag.
