@@ -158,7 +158,7 @@ class CorpusConfig:
     curated_balance: (v2) "balanced" (each present concept equally often)
       or "pool" (the pool's long tail) for the curated split.
     curated_missing: (v2) share of the 96 concepts that never appear in the
-      curated split, in [0, 1).
+      curated split, in [0, 0.9].
     n_hard_negatives: (v2) captions per retrieval image that differ from
       its caption in exactly one attribute or the relation, 1..4.
   """
@@ -185,10 +185,14 @@ class CorpusConfig:
   # De-duplication studies of web crawls (LAION) find a quarter to a half
   # of the images near-duplicated; 0.3 sits at the low end of that.
   duplicate_rate: float = 0.3
-  # Re-posted images keep their alt-text about as often as they get new.
+  # Re-posted web images come both with the same alt-text and with new;
+  # no share is measured that we know of, so an even split keeps both
+  # kinds common.
   duplicate_paraphrase: float = 0.5
   # A curated set is collected per category (balanced), by people who list
   # categories in advance, so part of the web's concept space is missing.
+  # A quarter is a judgement, not a measurement: most concepts covered, but
+  # a reference trained on it cannot know all the pool teaches.
   curated_balance: str = "balanced"
   curated_missing: float = 0.25
   # Four one-attribute edits fit every retrieval scene (a lone object has

@@ -213,7 +213,7 @@ def check_config(config):
     raise ValueError(f"CorpusConfig.curated_balance="
                      f"{config.curated_balance!r}; use one of "
                      f"{CURATED_BALANCES}")
-  if not 0.0 <= config.curated_missing or N_CONCEPTS - _n_missing(config) < 8:
+  if not 0.0 <= config.curated_missing <= 0.9:
     raise ValueError(f"CorpusConfig.curated_missing={config.curated_missing} "
                      "must be in [0, 0.9] (the curated split needs concepts)")
   if not 1 <= config.n_hard_negatives <= MAX_HARD_NEGATIVES:
