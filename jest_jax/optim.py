@@ -1,4 +1,4 @@
-"""The optimiser of SPEC §1: AdamW (β2 = 0.95), linear warmup then cosine,
+"""The optimiser of docs/design.md §6: AdamW (β2 = 0.95), linear warmup then cosine,
 weight decay on matrices only, global-norm gradient clipping."""
 
 import jax

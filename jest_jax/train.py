@@ -86,7 +86,7 @@ def split_for_resolutions(sub_batch_size, large_fraction, mode, key):
 
   Returns `(small_rows, large_rows)`, int32 index vectors of static lengths
   `b - n_large` and `n_large`, `n_large = round(b * large_fraction)`.
-  `mode="random"` draws the split from `key` (SPEC §1: random halves);
+  `mode="random"` draws the split from `key` (docs/design.md §3: random halves);
   `"interleave"` spreads the large rows evenly (the paper's listing).
   """
   n_large = int(round(sub_batch_size * large_fraction))
@@ -243,7 +243,7 @@ def _lowered_flops(fn, *args):
 
 
 def paper_flops_ratio(config, approx_factor):
-  """SPEC §1's cost model of a step relative to an IID step (same b).
+  """the cost model of docs/design.md §5 of a step relative to an IID step (same b).
 
   IID 3F per example; JEST F(2 + B/b) (the scoring forward reused);
   Flexi-JEST 3F(1 - l + l A) + A F B/b with l the large-patch fraction.
