@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jest_jax import demo
+from jest_jax import config_lib
 from jest_jax import metrics as metrics_lib
 from jest_jax import train
 
@@ -32,7 +32,7 @@ def tiny_config(name, arg, **extra):
   """`configs/NAME.py:ARG` with TINY, plus `extra` as `a__b=value` keys."""
   extra_items = [f"{key.replace('__', '.')}={value}"
                  for key, value in extra.items()]
-  return demo.apply_overrides(demo.load_config(name, arg),
+  return config_lib.apply_overrides(config_lib.load_config(name, arg),
                               TINY + extra_items)
 
 
@@ -73,11 +73,11 @@ def test_reference_cli_writes_metrics_checkpoints_and_cache(reference_run):
   workdir, cache_dir = reference_run
   rows = metrics_lib.read_metrics(workdir)
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
-  for key in ("examples_seen", "train/loss", "select/corrupt_fraction"):
+  for key in ("examples_seen", "train/loss", "train/corrupt_fraction"):
     assert key in rows[0]
   for key in ("eval/zeroshot_top1", "eval/i2t_r1", "eval/t2i_r1"):
     assert 0.0 <= rows[-1][key] <= 1.0
-  assert rows[-1]["select/corrupt_fraction"] == 0.0  # Curated split is clean.
+  assert rows[-1]["train/corrupt_fraction"] == 0.0  # Curated split is clean.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
   with open(os.path.join(cache_dir, "manifest.json")) as f:
     manifest = json.load(f)
@@ -113,7 +113,7 @@ def test_jest_cli_logs_selection_metrics(reference_run, tmp_path):
       f"--config.reference.workdir={workdir}", "--workdir", str(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:]
   rows = metrics_lib.read_metrics(str(tmp_path))
-  for key in ("select/corrupt_fraction", "select/pool_corrupt_fraction",
+  for key in ("train/corrupt_fraction", "select/pool_corrupt_fraction",
               "select/score", "select/score_uniform", "examples_scored"):
     assert key in rows[-1]
   assert rows[-1]["examples_scored"] == 2 * rows[-1]["examples_seen"]
