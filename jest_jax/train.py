@@ -332,6 +332,29 @@ def check_finite(config, step, loss, checkpoints):
         f"checkpoints up to step {checkpoints.latest_step() or 0} are kept")
 
 
+def train_row(config, step, step_metrics, schedule, flops, bad_records):
+  """The metrics row of a log step (reads the step's metrics to the host)."""
+  row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  row["train/lr"] = float(schedule(step - 1))
+  row["examples_seen"] = step * config.batch_size
+  row["examples_scored"] = step * config_lib.super_batch_size(config)
+  row["data/bad_records"] = bad_records
+  row["flops/step"] = flops["flops/step"]
+  row["flops/total"] = step * flops["flops/step"]
+  return row
+
+
+def corrupt_shares(rows):
+  """Mean over logged `rows` of the trained corrupted share (every run) and
+  of the pool's (selection runs)."""
+  shares = {}
+  for key in ("train/corrupt_fraction", "select/pool_corrupt_fraction"):
+    values = [r[key] for r in rows if key in r]
+    if values:
+      shares[key] = float(np.mean(values))
+  return shares
+
+
 def _is_every(step, every, config):
   return step % every == 0 or step == config.total_steps
 
@@ -383,12 +406,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   last_step = config.total_steps
   if stop_after is not None:
     last_step = min(last_step, stop_after)
-  flops, train_step, batch = {}, None, None
+  flops, train_step = {}, None
   if start_step < last_step:
-    batch = device_batch(train_input, reference, start_step + 1, mesh)
+    first_batch = device_batch(train_input, reference, start_step + 1, mesh)
     train_step, flops = compile_step(
-        functions, state, *batch, jax.random.fold_in(base_key, start_step + 1),
-        reference)
+        functions, state, *first_batch,
+        jax.random.fold_in(base_key, start_step + 1), reference)
     if lead:
       (epath.Path(workdir) / "flops.json").write_text(
           json.dumps(flops, indent=2, sort_keys=True))
@@ -400,23 +423,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   final_eval, logged = {}, []
   step = start_step
   for step in range(start_step + 1, last_step + 1):
-    if batch is None:
-      batch = device_batch(train_input, reference, step, mesh)
-    super_batch, ref_batch = batch
-    batch = None
+    super_batch, ref_batch = (
+        first_batch if step == start_step + 1
+        else device_batch(train_input, reference, step, mesh))
     state, step_metrics = train_step(state, super_batch, ref_batch,
                                      jax.random.fold_in(base_key, step))
 
     row = {}
     if _is_every(step, config.log_every, config):
-      row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      row = train_row(config, step, step_metrics, schedule, flops,
+                      train_input.bad_records)
       check_finite(config, step, row["train/loss"], checkpoints)
-      row["train/lr"] = float(schedule(step - 1))
-      row["examples_seen"] = step * config.batch_size
-      row["examples_scored"] = step * super_batch_size
-      row["data/bad_records"] = train_input.bad_records
-      row["flops/step"] = flops["flops/step"]
-      row["flops/total"] = step * flops["flops/step"]
       row["train/examples_per_s"], row["train/step_seconds"] = progress.log(
           step, row["train/loss"])
       logged.append(row)
@@ -440,14 +457,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   if not final_eval:  # Already finished before this process started.
     final_eval = run_evals(state.params)
-  previous = metrics_lib.read_metrics(workdir) if lead else logged
-  summary = dict(step=int(step), wall_seconds=time.perf_counter() - t_start)
-  summary.update(final_eval)
-  summary.update(flops)
-  for key in ("train/corrupt_fraction", "select/pool_corrupt_fraction"):
-    values = [r[key] for r in previous if key in r]
-    if values:
-      summary[key] = float(np.mean(values))
+  rows = metrics_lib.read_metrics(workdir) if lead else logged
+  summary = dict(step=int(step), wall_seconds=time.perf_counter() - t_start,
+                 **final_eval, **flops, **corrupt_shares(rows))
   return summary, state
 
 
