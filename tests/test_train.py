@@ -119,6 +119,11 @@ def test_jest_cli_logs_selection_metrics(reference_run, tmp_path):
   assert rows[-1]["examples_scored"] == 2 * rows[-1]["examples_seen"]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary["step"] == 2 and "eval/zeroshot_top1" in summary
+  # A person reads the progress line; the structured log is in the workdir.
+  assert "jest step 2/2 | loss " in result.stdout
+  assert "metrics.py:" not in result.stderr  # No absl INFO lines there.
+  log = (tmp_path / "train.log").read_text()
+  assert "] jest step 2/2 | loss " in log
 
 
 def test_same_seed_gives_identical_params(reference_run, tmp_path):
