@@ -21,7 +21,7 @@ import numpy as np
 
 from common import machine
 from jest_jax import cache_reference
-from jest_jax import demo
+from jest_jax import config_lib
 from jest_jax import metrics as metrics_lib
 from jest_jax import train
 
@@ -93,7 +93,7 @@ def main(argv):
   ref_dir = _REFERENCE_DIR.value
   if not ref_dir:
     ref_dir = os.path.join(workdir, "reference")
-    config = demo.load_config("reference", f"steps={_REFERENCE_STEPS.value}")
+    config = config_lib.load_config("reference", f"steps={_REFERENCE_STEPS.value}")
     config.eval_every = config.checkpoint_every = 1000
     train.train_and_evaluate(config, ref_dir)
   cache_dir, _ = cache_reference.build_cache(ref_dir, "train")
@@ -104,7 +104,7 @@ def main(argv):
                                       f"large_fraction={fraction}")
   results = {}
   for name, arg in runs.items():
-    config = demo.load_config("flexi_jest", f"{arg},steps={_STEPS.value}")
+    config = config_lib.load_config("flexi_jest", f"{arg},steps={_STEPS.value}")
     config.eval_every = config.checkpoint_every = _EVAL_EVERY.value
     config.reference.cache_dir = cache_dir
     run_dir = os.path.join(workdir, name)

@@ -20,7 +20,7 @@ from absl import flags
 import numpy as np
 
 from jest_jax import cache_reference
-from jest_jax import demo
+from jest_jax import config_lib
 from jest_jax import metrics as metrics_lib
 from jest_jax import train
 
@@ -36,7 +36,7 @@ _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__),
                                                "results"), "Output directory.")
 
 KEYS = ("eval/zeroshot_top1", "eval/i2t_r1", "eval/t2i_r1",
-        "select/corrupt_fraction")
+        "train/corrupt_fraction")
 
 
 def main(argv):
@@ -50,7 +50,7 @@ def main(argv):
                                               _SEEDS.value):
     if method == "iid" and gain != _GAINS.value[0]:
       continue  # IID ignores the gain.
-    config = demo.load_config("jest", f"method={method},steps={_STEPS.value},"
+    config = config_lib.load_config("jest", f"method={method},steps={_STEPS.value},"
                               f"seed={seed}")
     config.selection.gain = float(gain)
     config.eval_every = config.checkpoint_every = 500

@@ -22,7 +22,6 @@ import numpy as np
 
 from common import machine
 from jest_jax import config_lib
-from jest_jax import demo
 from jest_jax import optim
 from jest_jax import sharding
 from jest_jax import train
@@ -44,7 +43,7 @@ SETUPS = [
 
 
 def build(config_name, arg):
-  config = demo.load_config(config_name, arg)
+  config = config_lib.load_config(config_name, arg)
   config.reference.cache_dir = "synthetic"
   model = train.build_model(config, VOCAB)
   optimizer, _ = optim.make_optimizer(config.optim, config.total_steps)

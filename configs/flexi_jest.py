@@ -10,7 +10,7 @@
   iid         uniform batches at patch 4.
   jest        scores the super-batch at patch 4, trains at patch 4.
   flexi_jest  scores at patch 8; trains `large_fraction` of each selected
-              sub-batch at patch 8 and the rest at patch 4 (SPEC §1).
+              sub-batch at patch 8 and the rest at patch 4 (docs/design.md §3).
 Evaluation is at patch 4 (and at patch 8, reported as eval/large/*).
 """
 

@@ -57,20 +57,19 @@ def load_run_config(workdir):
 
 def data_config(config, split_name, data_overrides=None):
   """The reference run's `config.data` with `split` and `data_overrides`
-  (`{"data.key": value}` or `{"key": value}`; values are converted to the
-  type of the key's current value) applied."""
+  (`["data.key=value", ...]` or `{"data.key": value}`; the `data.` prefix is
+  optional; values are converted to the type of the key's current value)
+  applied."""
   # Defaults first: a run written before a data key existed still loads.
   config_data = config_lib.base_config().data
   config_data.update(config.data.to_dict())
-  for key, value in (data_overrides or {}).items():
-    key = key.removeprefix("data.")
-    if key not in config_data:
-      raise train.TrainingError(f"--set data.{key}: no such config.data key; "
-                                f"known: {sorted(config_data.keys())}")
-    old = config_data[key]
-    if isinstance(old, bool) and isinstance(value, str):
-      value = value.lower() in ("1", "true")
-    config_data[key] = type(old)(value)
+  try:
+    overrides = [(key.removeprefix("data."), value) for key, value in
+                 config_lib.parse_overrides(data_overrides or {})]
+    config_lib.apply_overrides(config_data, dict(overrides),
+                               name="config.data")
+  except config_lib.ConfigError as e:
+    raise train.TrainingError(f"--set: {e}") from None
   config_data.split = split_name
   return config_data
 
@@ -120,7 +119,8 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
     split_name: the data split to embed.
     output: the cache directory (default `WORKDIR/embeddings/SPLIT`).
     dtype: stored dtype ("float32", "bfloat16", "float16").
-    data_overrides: `{"data.key": value}` applied to the run's data config.
+    data_overrides: `["data.key=value", ...]` or `{"data.key": value}`
+      applied to the run's data config.
     shard_index, num_shards: build only every `num_shards`-th chunk from
       `shard_index` (default: this JAX process's index and the count).
     chunk_size: records per chunk (unit of resumption and sharding).
@@ -216,16 +216,10 @@ def main(argv):
   metrics_lib.quiet_library_logs()
   if not _WORKDIR.value:
     sys.exit("error: --workdir (the reference run's directory) is required")
-  overrides = {}
-  for item in _SET.value:
-    key, sep, value = item.partition("=")
-    if not sep:
-      sys.exit(f"error: --set {item!r} is not data.key=value")
-    overrides[key] = value
   try:
     output, manifest = build_cache(
         _WORKDIR.value, _SPLIT.value, _OUTPUT.value, _DTYPE.value,
-        data_overrides=overrides, shard_index=_SHARD_INDEX.value,
+        data_overrides=_SET.value, shard_index=_SHARD_INDEX.value,
         num_shards=_NUM_SHARDS.value, chunk_size=_CHUNK_SIZE.value)
   except (train.TrainingError, reference_cache.CacheError,
           input_pipeline.DataError) as e:

@@ -1,23 +1,92 @@
-"""Config defaults, `key=value` argument parsing and validation.
+"""Configs: defaults, loading, `key=value` overrides and validation.
 
-Config files in `configs/` build on `base_config()`; `validate(config)` is the
-one place that turns a bad value into a `ConfigError` naming the key and the
-fix (the CLI prints it as one line).
+Config files in `configs/` build on `base_config()`; `load_config` runs one
+(`configs/NAME.py` or a path, with its `key=value,...` argument);
+`apply_overrides` sets dotted keys from `key=value` strings (the demo's and
+cache builder's `--set`); `parse_arg` reads a config file's argument. All
+three convert values the same way (`_convert`). `validate(config)` is the one
+place that turns a bad value into a `ConfigError` naming the key and the fix
+(the CLI prints it as one line).
 """
 
+import importlib.util
 import math
+import os
+import re
 
 import ml_collections
 
-METHODS = ("reference", "iid", "jest", "independent", "easy_reference",
-           "hard_learner", "flexi_jest")
-SELECTIONS = ("uniform", "joint", "independent_topk", "independent_sample")
-SCORINGS = ("learnability", "easy_reference", "hard_learner")
-LOSSES = ("sigmoid", "softmax")
+import jest_jax
+from jest_jax import input_pipeline
+from jest_jax import selection
+from jest_jax.data import images
+
+# The allowed values of each choice are the owning module's.
+SELECTIONS = selection.METHODS
+SCORINGS = selection.SCORINGS
+LOSSES = selection.LOSSES
+SCOPES = selection.SCOPES
+PATCH_SPLITS = ("random", "interleave")
+PATCH_SCORES = ("small", "large")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(jest_jax.__file__))), "configs")
+# `config.method` is a free label naming the run (log lines, tables, run
+# directories); what the run does is in `config.selection` and `config.patch`.
+_LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class ConfigError(ValueError):
   """A config value is unusable; the message names the key and the fix."""
+
+
+def _convert(name, old, value):
+  """`value` (a command-line string, or any value) as the type of `old`, the
+  key's current value; bools accept true/false/1/0. `name` is for errors."""
+  if isinstance(old, bool):
+    if isinstance(value, str):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"{name}={value!r}: use true or false")
+      return value.lower() in ("true", "1")
+    return bool(value)
+  if old is None:
+    return value
+  try:
+    return type(old)(value)
+  except ValueError:
+    raise ConfigError(f"{name}={value!r}: expected "
+                      f"{type(old).__name__}") from None
+
+
+def parse_overrides(overrides):
+  """`["a.b=v", ...]` or `{"a.b": v}` -> `[(key, value), ...]`."""
+  if hasattr(overrides, "items"):
+    return list(overrides.items())
+  pairs = []
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ConfigError(f"override {item!r} is not key=value")
+    pairs.append((key, value))
+  return pairs
+
+
+def apply_overrides(config, overrides, name="config"):
+  """Sets dotted keys of `config` in place from `key=value` strings or a
+  `{key: value}` dict, converting each value to the key's current type;
+  returns `config`. Unknown keys are an error listing the known ones."""
+  for key, value in parse_overrides(overrides):
+    parent = config
+    *path, leaf = key.split(".")
+    try:
+      for part in path:
+        parent = parent[part]
+      old = parent[leaf]
+    except (KeyError, AttributeError, TypeError):
+      known = sorted(parent.keys()) if hasattr(parent, "keys") else []
+      raise ConfigError(f"no such {name} key: {key!r}; known: "
+                        f"{known}") from None
+    parent[leaf] = _convert(f"{name}.{key}", old, value)
+  return config
 
 
 def parse_arg(arg, **defaults):
@@ -27,36 +96,34 @@ def parse_arg(arg, **defaults):
   true/false/1/0). Unknown keys are an error.
   """
   parsed = ml_collections.ConfigDict(dict(defaults))
-  if not arg:
-    return parsed
-  for item in arg.split(","):
-    if not item:
-      continue
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ConfigError(f"config argument {item!r} is not key=value; "
-                        f"known keys: {sorted(defaults)}")
+  for key, value in parse_overrides(item for item in (arg or "").split(",")
+                                    if item):
     if key not in defaults:
       raise ConfigError(f"unknown config argument {key!r}; "
                         f"known keys: {sorted(defaults)}")
-    default = defaults[key]
-    if isinstance(default, bool):
-      if value.lower() not in ("true", "false", "1", "0"):
-        raise ConfigError(f"config argument {key}={value!r}: use true or false")
-      parsed[key] = value.lower() in ("true", "1")
-    else:
-      try:
-        parsed[key] = type(default)(value)
-      except ValueError:
-        raise ConfigError(f"config argument {key}={value!r}: expected "
-                          f"{type(default).__name__}") from None
+    parsed[key] = _convert(f"config argument {key}", defaults[key], value)
   return parsed
+
+
+def load_config(name, arg=None):
+  """`configs/NAME.py` (or a path to a config file) with its argument `arg`
+  -> the ConfigDict its `get_config(arg)` returns."""
+  path = name if name.endswith(".py") else os.path.join(CONFIG_DIR,
+                                                        f"{name}.py")
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path} not found; configs/ lives in a "
+                      "jest_jax checkout")
+  module_name = "jest_jax_config_" + os.path.basename(path)[:-3]
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def base_config():
   """Defaults shared by every run: the CPU demo scale on the built-in corpus."""
   config = ml_collections.ConfigDict()
-  config.method = "iid"
+  config.method = "iid"  # A label naming the run; config files derive the rest.
   config.seed = 0
   config.total_steps = 1500
   config.batch_size = 64  # The trained sub-batch, b.
@@ -119,10 +186,9 @@ def base_config():
   config.selection.scoring = "learnability"
   config.selection.filter_ratio = 0.0
   config.selection.n_chunks = 16
-  # exp(gain * score) in the sampler. On the built-in corpus (seed 0, 1500
-  # steps, benchmarks/methods.py) gains 1, 3, 10 and 100 gave zero-shot
-  # 0.69 / 0.70 / 0.68 / 0.67, i.e. alike; the selected corrupted share
-  # falls from 20% (gain 1) to 15% (10 and up).
+  # exp(gain * score) in the sampler. The trainer's default; on the built-in
+  # corpus gains from 1 to 100 reach alike accuracy and larger gains train on
+  # fewer corrupted pairs (README, "Selection methods and the score gain").
   config.selection.gain = 10.0
   config.selection.loss = "sigmoid"
   # "global": exact selection over the whole super-batch (one psum of a
@@ -176,8 +242,8 @@ def validate(config, num_devices=1):
               "checkpoint_every"):
     if _get(config, key) <= 0:
       fail(key, "must be a positive integer")
-  if config.method not in METHODS:
-    fail("method", f"must be one of {METHODS}")
+  if not isinstance(config.method, str) or not _LABEL.match(config.method):
+    fail("method", "a run label: letters, digits, '_', '-' or '.'")
   if config.loss not in LOSSES:
     fail("loss", f"must be one of {LOSSES}")
   sel = config.selection
@@ -204,8 +270,8 @@ def validate(config, num_devices=1):
            f"must divide batch_size={config.batch_size}")
     if not math.isfinite(sel.gain) or sel.gain <= 0:
       fail("selection.gain", "must be a positive number")
-  if sel.scope not in ("global", "local"):
-    fail("selection.scope", "must be 'global' or 'local'")
+  if sel.scope not in SCOPES:
+    fail("selection.scope", f"must be one of {SCOPES}")
   if sel.refine_sweeps < 0:
     fail("selection.refine_sweeps", "must be >= 0")
   if (sel.kind == "joint" and sel.scope == "local"
@@ -247,10 +313,10 @@ def _validate_patches(config, fail):
            "(0: the variant's patch)")
   if not 0.0 <= patch.large_fraction <= 1.0:
     fail("patch.large_fraction", "must be in [0, 1]")
-  if patch.split not in ("random", "interleave"):
-    fail("patch.split", "must be 'random' or 'interleave'")
-  if patch.score not in ("small", "large"):
-    fail("patch.score", "must be 'small' or 'large'")
+  if patch.split not in PATCH_SPLITS:
+    fail("patch.split", f"must be one of {PATCH_SPLITS}")
+  if patch.score not in PATCH_SCORES:
+    fail("patch.score", f"must be one of {PATCH_SCORES}")
   needs_large = (patch.large_fraction > 0 or patch.score == "large"
                  or patch.eval_large)
   if needs_large and not patch.large:
@@ -261,7 +327,7 @@ def _validate_patches(config, fail):
 def _validate_data(config, fail):
   """The checks of `config.data` (see input_pipeline.py for the keys)."""
   data = config.data
-  if data.name not in ("builtin", "tfds"):
+  if data.name not in input_pipeline.NAMES:
     fail("data.name", "must be 'builtin' (the built-in corpus) or 'tfds' (a "
          "prepared TFDS dataset, e.g. a converted folder)")
   if data.name == "builtin" and data.split not in ("train", "curated"):
@@ -279,17 +345,19 @@ def _validate_data(config, fail):
   if data.image_size != config.model.image.image_size:
     fail("data.image_size", f"must equal config.model.image.image_size="
          f"{config.model.image.image_size} (the model's input)")
-  if data.crop not in ("center", "none"):
-    fail("data.crop", "must be 'center' or 'none'")
-  if data.resize_method not in ("bilinear", "bicubic", "nearest", "area"):
+  if data.crop not in images.CROPS:
+    fail("data.crop", f"must be one of {images.CROPS}")
+  if data.resize_method not in images.RESIZE_METHODS:
     fail("data.resize_method",
-         "must be 'bilinear', 'bicubic', 'nearest' or 'area'")
+         f"must be one of {tuple(images.RESIZE_METHODS)}")
   if data.max_tokens < 2:
     fail("data.max_tokens", "must leave room for a token and eos (>= 2)")
-  if data.bad_records not in ("skip", "error"):
-    fail("data.bad_records", "must be 'skip' or 'error'")
-  if data.long_captions not in ("truncate", "bad"):
-    fail("data.long_captions", "must be 'truncate' or 'bad'")
+  if data.bad_records not in input_pipeline.BAD_RECORD_POLICIES:
+    fail("data.bad_records",
+         f"must be one of {input_pipeline.BAD_RECORD_POLICIES}")
+  if data.long_captions not in input_pipeline.LONG_CAPTION_POLICIES:
+    fail("data.long_captions",
+         f"must be one of {input_pipeline.LONG_CAPTION_POLICIES}")
   if data.prefetch < 0 or data.num_workers < 0:
     fail("data.prefetch" if data.prefetch < 0 else "data.num_workers",
          "must be >= 0")

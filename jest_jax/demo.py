@@ -12,7 +12,6 @@ Writes WORKDIR/{reference,iid,jest}/metrics.jsonl, summary.json, curves.png
 and prints a comparison table.
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -21,7 +20,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-import jest_jax
 from jest_jax import cache_reference
 from jest_jax import config_lib
 from jest_jax import input_pipeline
@@ -29,39 +27,15 @@ from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
 from jest_jax import train
 
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(jest_jax.__file__))), "configs")
-
-
-def load_config(name, arg):
-  """`configs/NAME.py:ARG` -> ConfigDict (configs/ lives beside the package)."""
-  path = os.path.join(CONFIG_DIR, f"{name}.py")
-  if not os.path.exists(path):
-    raise config_lib.ConfigError(f"config file {path} not found; run the demo "
-                                 "from a jest_jax checkout")
-  spec = importlib.util.spec_from_file_location(f"jest_jax_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+# Config loading is config_lib's; these names stay for notebooks/jest_demo.
+load_config = config_lib.load_config
+apply_overrides = config_lib.apply_overrides
 
 
-def apply_overrides(config, overrides):
-  for item in overrides:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise config_lib.ConfigError(f"--set {item!r} is not key=value")
-    parent = config
-    *path, leaf = key.split(".")
-    try:
-      for part in path:
-        parent = parent[part]
-      old = parent[leaf]
-    except (KeyError, AttributeError):
-      raise config_lib.ConfigError(f"--set {key}: no such config key") from None
-    parent[leaf] = type(old)(value) if not isinstance(old, bool) else (
-        value.lower() in ("1", "true"))
-  return config
+def _stage(text):
+  """A stage header: on the terminal and in the log."""
+  logging.info("%s", text)
+  print(text, flush=True)
 
 
 def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
@@ -70,16 +44,16 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
   def configure(config):
     config.eval_every = eval_every
     config.checkpoint_every = eval_every
-    return apply_overrides(config, overrides)
+    return config_lib.apply_overrides(config, overrides)
 
   summary = {}
   ref_dir = os.path.join(workdir, "reference")
-  config = configure(load_config("reference", f"steps={reference_steps},"
+  config = configure(config_lib.load_config("reference", f"steps={reference_steps},"
                                  f"seed={seed}"))
-  logging.info("== stage 1/4: reference model -> %s", ref_dir)
+  _stage(f"== stage 1/4: reference model -> {ref_dir}")
   summary["reference"], _ = train.train_and_evaluate(config, ref_dir)
 
-  logging.info("== stage 2/4: reference embeddings of the training split")
+  _stage("== stage 2/4: reference embeddings of the training split")
   cache_dir, manifest = cache_reference.build_cache(ref_dir, "train")
   summary["reference_cache"] = dict(
       dir=cache_dir, count=manifest["count"],
@@ -91,12 +65,12 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
               f"seed={seed}",
   }
   for i, (name, arg) in enumerate(runs.items()):
-    config = configure(load_config("jest", arg))
+    config = configure(config_lib.load_config("jest", arg))
     if name != "iid":
       config.reference.cache_dir = cache_dir
       config.reference.workdir = ref_dir
     run_dir = os.path.join(workdir, name)
-    logging.info("== stage %d/4: %s learner -> %s", i + 3, name, run_dir)
+    _stage(f"== stage {i + 3}/4: {name} learner -> {run_dir}")
     summary[name], _ = train.train_and_evaluate(config, run_dir)
 
   with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -113,7 +87,7 @@ def plot_curves(workdir, runs, path):
 
   panels = [("eval/zeroshot_top1", "zero-shot top-1"),
             ("eval/i2t_r1", "image→text R@1"),
-            ("select/corrupt_fraction", "corrupted share of trained batch")]
+            ("train/corrupt_fraction", "corrupted share of trained batch")]
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
   for ax, (key, title) in zip(axes, panels):
     for run in runs:
@@ -136,7 +110,7 @@ def format_table(summary):
   lines = [header, "|" + "---|" * 7]
   for name in ("reference", "iid", "jest"):
     s = summary[name]
-    corrupt = s.get("select/corrupt_fraction", float("nan"))
+    corrupt = s.get("train/corrupt_fraction", float("nan"))
     pool = s.get("select/pool_corrupt_fraction")
     corrupt_text = f"{corrupt:.3f}" + (f" ({pool:.3f})" if pool is not None
                                        else "")
@@ -152,8 +126,8 @@ def format_table(summary):
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
-  metrics_lib.quiet_library_logs()
   workdir = _WORKDIR.value
+  metrics_lib.cli_logging(os.path.join(workdir, "demo.log"))
   try:
     summary = run_demo(
         workdir, steps=_STEPS.value, reference_steps=_REFERENCE_STEPS.value,

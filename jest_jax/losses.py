@@ -3,7 +3,7 @@
 Embeddings are L2-normalised, `[n, d]`. `temperature` is the multiplier
 `exp(t)` (not the log), `bias` is `b0`; both are scalars.
 
-Sigmoid (SigLIP), SPEC §1:
+Sigmoid (SigLIP), docs/design.md §1:
   L_ij = -log_sigmoid(z_ij * (temperature * <x_i, y_j> + bias)),
   z_ij = +1 if i == j else -1; batch loss = sum_ij L_ij / n.
 

@@ -3,7 +3,9 @@
   python -m jest_jax.main --config configs/jest.py:method=jest,filter_ratio=0.8 \
       --config.total_steps=1500 --workdir runs/jest
 
-Re-running with the same workdir resumes from its latest checkpoint.
+Re-running with the same workdir resumes from its latest checkpoint. The
+terminal shows a progress line (step, loss, examples/s, ETA) and warnings;
+the full log is in `WORKDIR/train.log`, the metrics in `WORKDIR/metrics.jsonl`.
 
 Several processes (multi-host) run the same command, one per host:
   * Cloud TPU VM pod: every worker runs it with `--distributed=on`; JAX finds
@@ -74,6 +76,13 @@ def initialize_distributed(mode, coordinator, num_processes, process_id):
   return True
 
 
+def log_file(workdir):
+  """`WORKDIR/train.log` (process 0) or `WORKDIR/train.N.log` (process N)."""
+  index = jax.process_index()
+  return os.path.join(workdir, "train.log" if index == 0
+                      else f"train.{index}.log")
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -86,6 +95,7 @@ def main(argv):
   except (ValueError, RuntimeError) as e:
     sys.exit(f"error: cannot join the other processes: {e}; check "
              "--coordinator, --num_processes and --process_id")
+  metrics_lib.cli_logging(log_file(_WORKDIR.value))
   try:
     summary, _ = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                           stop_after=_STOP_AFTER.value)

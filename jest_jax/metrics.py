@@ -11,18 +11,18 @@ object is replaced whole when its upload completes, so readers never see it
 half-written either).
 """
 
+import contextlib
 import json
+import logging as std_logging
 import math
 import os
+import sys
 import time
 
 from absl import logging
 from etils import epath
 
-
-def is_local(path):
-  """Whether `path` is on the local file system (not `gs://` and the like)."""
-  return "://" not in os.fspath(path)
+from jest_jax.paths import is_local
 
 
 def read_metrics(workdir):
@@ -127,23 +127,43 @@ def _to_python(value):
 
 
 class Progress:
-  """Logs `step, loss, examples/s, ETA` at most every `every` steps."""
+  """The progress line a person reads: `step, loss, examples/s, ETA`.
 
-  def __init__(self, total_steps, first_step, examples_per_step, name=""):
+  On a terminal (stdout a TTY) one line is rewritten in place (`\r`);
+  otherwise (pipes, files, notebooks) each update is a plain line. The same
+  text also goes to the log (`cli_logging` sends it to the workdir's file).
+  """
+
+  def __init__(self, total_steps, first_step, examples_per_step, name="",
+               enabled=True, stream=None):
     self.total_steps = total_steps
     self.examples_per_step = examples_per_step
     self.name = name
+    self.enabled = enabled
+    self._stream = stream or sys.stdout
+    self._tty = self._stream.isatty() if hasattr(self._stream,
+                                                 "isatty") else False
+    self._open_line = 0  # Length of the `\r` line on screen (TTY only).
     self._t0 = time.perf_counter()
     self._step0 = first_step
 
   def restart(self, step):
-    """Counts from `step` on (call after the first, compiling, step)."""
+    """Counts from `step` on."""
     self._t0 = time.perf_counter()
     self._step0 = step
 
   def exclude(self, seconds):
     """Leaves `seconds` (evals, checkpoints) out of the training rates."""
     self._t0 += seconds
+
+  @contextlib.contextmanager
+  def excluded(self):
+    """Leaves the time inside the block out of the training rates."""
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.exclude(time.perf_counter() - t)
 
   def rate(self, step):
     """(steps/s, examples/s) since the first step of this process."""
@@ -153,14 +173,42 @@ class Progress:
     return steps_per_s, steps_per_s * self.examples_per_step
 
   def log(self, step, loss):
-    """Logs the progress line; returns (examples/s, seconds per step)."""
+    """Shows the progress line; returns (examples/s, seconds per step)."""
     steps_per_s, examples_per_s = self.rate(step)
     remaining = self.total_steps - step
     eta = remaining / steps_per_s if steps_per_s > 0 else float("nan")
-    logging.info("%s step %d/%d | loss %.4f | %.0f examples/s | ETA %s",
-                 self.name, step, self.total_steps, loss, examples_per_s,
-                 _format_seconds(eta))
+    text = (f"{self.name + ' ' if self.name else ''}step {step}/"
+            f"{self.total_steps} | loss {loss:.4f} | {examples_per_s:.0f} "
+            f"examples/s | ETA {_format_seconds(eta)}")
+    logging.info("%s", text)
+    self._show(text, final=False)
     return examples_per_s, (1.0 / steps_per_s if steps_per_s else float("nan"))
+
+  def eval(self, step, results):
+    """Shows the evaluation results of `step` on their own line."""
+    text = (f"{self.name + ' ' if self.name else ''}step {step} eval "
+            + " ".join(f"{k.removeprefix('eval/')} {v:.4f}"
+                       for k, v in sorted(results.items())))
+    logging.info("%s", text)
+    self._show(text, final=True)
+
+  def close(self):
+    """Ends the `\r` line (TTY) so that later output starts on its own."""
+    if self.enabled and self._open_line:
+      self._stream.write("\n")
+      self._stream.flush()
+      self._open_line = 0
+
+  def _show(self, text, final):
+    if not self.enabled:
+      return
+    if self._tty:
+      pad = " " * max(self._open_line - len(text), 0)
+      self._stream.write("\r" + text + pad + ("\n" if final else ""))
+      self._open_line = 0 if final else len(text)
+    else:
+      self._stream.write(text + "\n")
+    self._stream.flush()
 
 
 def _format_seconds(seconds):
@@ -174,7 +222,6 @@ class _OwnInfoOnly:
   """Passes jest_jax's INFO lines and every library's warnings and errors."""
 
   def filter(self, record):
-    import logging as std_logging
     return (record.levelno >= std_logging.WARNING
             or "jest_jax" in record.pathname)
 
@@ -183,3 +230,19 @@ def quiet_library_logs():
   """Silences libraries' INFO chatter (orbax logs every checkpoint file)."""
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   logging.set_verbosity(logging.INFO)
+
+
+def cli_logging(log_path):
+  """Command-line output: the terminal shows the progress line (stdout) and
+  warnings and errors (stderr); the structured log — jest_jax's INFO lines
+  and every library's warnings, absl-formatted — goes to `log_path`
+  (appended; skipped for an object-store path, which cannot append)."""
+  quiet_library_logs()
+  logging.get_absl_handler().setLevel(std_logging.WARNING)
+  if not is_local(log_path):
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+  handler = std_logging.FileHandler(log_path)
+  handler.setFormatter(logging.PythonFormatter())
+  handler.addFilter(_OwnInfoOnly())
+  std_logging.getLogger().addHandler(handler)

@@ -1,5 +1,5 @@
-"""The optimiser of SPEC §1: AdamW (β2 = 0.95), linear warmup then cosine,
-weight decay on matrices only, global-norm gradient clipping."""
+"""The optimiser of docs/design.md §6: AdamW (β2 = 0.95), linear warmup then
+cosine, weight decay on matrices only, global-norm gradient clipping."""
 
 import jax
 import optax

@@ -45,6 +45,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from jest_jax.paths import is_local
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _DTYPES = {"float32": np.float32, "float16": np.float16,
@@ -53,11 +55,6 @@ _DTYPES = {"float32": np.float32, "float16": np.float16,
 
 class CacheError(ValueError):
   """The cache cannot be used; the message says why and how to fix it."""
-
-
-def is_local(path):
-  """Whether `path` is on the local file system (not `gs://` and the like)."""
-  return "://" not in os.fspath(path)
 
 
 def params_fingerprint(params):

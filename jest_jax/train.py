@@ -7,8 +7,10 @@ The data flow of a step (`StepFunctions.step`):
 
 IID and reference runs skip score and select (super-batch == sub-batch).
 `train_and_evaluate` is the whole run, in labelled sections: mesh, data,
-model, optimiser, checkpoint/resume, step, loop (log, eval, checkpoint).
-Every random choice is a function of `(seed, step)`.
+model, optimiser, checkpoint/resume, step (compiled before the loop), loop
+(batch -> step -> log / eval / checkpoint). FLOP accounting is in
+`jest_jax/flops.py`, checkpoints in `jest_jax/checkpointing.py`. Every random
+choice is a function of `(seed, step)` (docs/design.md §2).
 
 Processes (multi-host): every process runs this same code on one global
 mesh. Each loads only its block of every super-batch and of its reference
@@ -18,7 +20,6 @@ all processes together; process 0 alone writes metrics, config and FLOPs.
 """
 
 import json
-import os
 import time
 
 import flax
@@ -27,12 +28,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from jest_jax import checkpointing
 from jest_jax import config_lib
 from jest_jax import evaluate
+from jest_jax import flops as flops_lib
 from jest_jax import input_pipeline
 from jest_jax import losses
 from jest_jax import metrics as metrics_lib
@@ -40,11 +42,12 @@ from jest_jax import optim
 from jest_jax import reference_cache
 from jest_jax import selection
 from jest_jax import sharding
+from jest_jax.errors import TrainingError
 from jest_jax.models import two_tower
 
-
-class TrainingError(RuntimeError):
-  """The run cannot go on; the message names the cause and the fix."""
+# Run directories as other modules read and write them (jest_jax/checkpointing).
+restore_params = checkpointing.restore_params
+write_params_as_run = checkpointing.write_params_as_run
 
 
 @flax.struct.dataclass
@@ -86,7 +89,7 @@ def split_for_resolutions(sub_batch_size, large_fraction, mode, key):
 
   Returns `(small_rows, large_rows)`, int32 index vectors of static lengths
   `b - n_large` and `n_large`, `n_large = round(b * large_fraction)`.
-  `mode="random"` draws the split from `key` (SPEC §1: random halves);
+  `mode="random"` draws the split from `key` (docs/design.md §3: random halves);
   `"interleave"` spreads the large rows evenly (the paper's listing).
   """
   n_large = int(round(sub_batch_size * large_fraction))
@@ -192,7 +195,7 @@ class StepFunctions:
           scope=self.config.selection.scope)
       metrics.update(self.selection_metrics(learner, ref, indices,
                                             super_batch))
-    metrics["select/corrupt_fraction"] = jnp.mean(
+    metrics["train/corrupt_fraction"] = jnp.mean(
         sub_batch["corrupt"].astype(jnp.float32))
     state, update_metrics = self.update(state, sub_batch, update_key)
     metrics.update(update_metrics)
@@ -230,152 +233,7 @@ class StepFunctions:
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def _lowered_cost(lowered):
-  cost = lowered.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
-    cost = cost[0]
-  return float(cost["flops"])
-
-
-def _lowered_flops(fn, *args):
-  """FLOPs of `fn(*args)` by XLA's cost analysis (args may be abstract)."""
-  return _lowered_cost(jax.jit(fn).lower(*args))
-
-
-def paper_flops_ratio(config, approx_factor):
-  """SPEC §1's cost model of a step relative to an IID step (same b).
-
-  IID 3F per example; JEST F(2 + B/b) (the scoring forward reused);
-  Flexi-JEST 3F(1 - l + l A) + A F B/b with l the large-patch fraction.
-  """
-  patch = config.patch
-  large = patch.large_fraction
-  train_cost = 3.0 * (1.0 - large + large * approx_factor)
-  if config.selection.kind == "uniform":
-    return train_cost / 3.0
-  ratio = config_lib.super_batch_size(config) / config.batch_size
-  if patch.score == "small" and not large:
-    return (2.0 + ratio) / 3.0
-  score_cost = approx_factor if patch.score == "large" else 1.0
-  return (train_cost + score_cost * ratio) / 3.0
-
-
-def measure_flops(functions, state, super_batch, reference, key):
-  """Per-phase FLOPs of one step from XLA's cost analysis of each phase,
-  plus what an IID step at the small patch would cost and the measured
-  approximation factor A (large-patch over small-patch forward FLOPs)."""
-  b = functions.sub_batch_size
-  sub_batch = jax.tree.map(lambda x: x[:b], super_batch)
-  out = {}
-  out["flops/update"] = _lowered_flops(functions.update, state, sub_batch,
-                                       key)
-  out["flops/iid_step"] = out["flops/update"]
-  if functions.config.patch.large_fraction:
-    iid_config = ml_collections.ConfigDict(functions.config.to_dict())
-    iid_config.patch.large_fraction = 0.0
-    iid = StepFunctions(functions.model, functions.optimizer, iid_config,
-                        functions.mesh)
-    out["flops/iid_step"] = _lowered_flops(iid.update, state, sub_batch, key)
-  approx_factor = 1.0
-  if functions.large_patch:
-    forward = lambda patch: _lowered_flops(
-        lambda p, x: functions.embed(p, x["image"], x["tokens"], patch),
-        state.params, sub_batch)
-    approx_factor = (forward(functions.large_patch)
-                     / forward(functions.small_patch))
-  out["flops/approx_factor"] = approx_factor
-  if functions.selecting:
-    out["flops/score"] = _lowered_flops(functions.score, state.params,
-                                        super_batch)
-    learner = jax.eval_shape(functions.score, state.params, super_batch)
-    ref = None if reference is None else selection.Embeddings(**reference)
-    out["flops/select"] = _lowered_flops(functions.select, key, learner, ref)
-  out["flops/paper_ratio"] = paper_flops_ratio(functions.config,
-                                               approx_factor)
-  return out
-
-
-def _compiled_flops(compiled):
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost["flops"])
-
-
 # -------------------------------------------------------------- the run --
-
-
-def _use_serial_array_saving_on_cpu():
-  """On CPU, save each replicated array from one replica.
-
-  orbax's default splits a replicated array's write across its replicas,
-  which pays off on accelerators across hosts but on CPU compiles one slice
-  program per parameter shape (~90 for the demo model, seconds per save).
-  """
-  if jax.default_backend() == "cpu":
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
-        override=True)
-
-
-def _checkpoint_dir(workdir):
-  """`workdir/checkpoints`, absolute; cloud paths (`gs://...`) as given.
-  With several processes it must be one directory they all see."""
-  if "://" not in workdir:
-    workdir = os.path.abspath(workdir)
-  return os.path.join(workdir, "checkpoints")
-
-
-def _checkpoint_manager(workdir, config):
-  _use_serial_array_saving_on_cpu()
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.keep_checkpoints, create=True,
-      enable_async_checkpointing=False)
-  return ocp.CheckpointManager(_checkpoint_dir(workdir), options=options,
-                               item_names=("state",))
-
-
-def restore_params(workdir, step=None):
-  """Params of a finished run's checkpoint (latest unless `step`), as NumPy,
-  with the step they come from: `(params, step)`. Works whatever devices
-  and processes saved it or read it (every process gets all of it)."""
-  manager = ocp.CheckpointManager(
-      _checkpoint_dir(workdir), item_names=("state",),
-      item_handlers={"state": ocp.StandardCheckpointHandler()})
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise TrainingError(f"no checkpoint in {workdir}/checkpoints; train the "
-                        "reference first (`python -m jest_jax.main --config "
-                        "configs/reference.py --workdir ...`)")
-  # NumPy targets: restore onto the host, not onto the saving topology.
-  host_target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
-                             manager.item_metadata(step)["state"])
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(host_target)))
-  return restored["state"]["params"], step
-
-
-def _save_config(workdir, config):
-  (epath.Path(workdir) / "config.json").write_text(
-      config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def write_params_as_run(workdir, config, params, step=0):
-  """Makes `params` a run directory (config.json + a checkpoint holding
-  `{"params": ...}` at `step`) that `restore_params` and
-  `python -m jest_jax.cache_reference` read: e.g. a big_vision checkpoint
-  loaded with `models.big_vision_io.load_npz`, to serve as the reference."""
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  _save_config(workdir, config)
-  _use_serial_array_saving_on_cpu()
-  manager = ocp.CheckpointManager(
-      _checkpoint_dir(workdir),
-      options=ocp.CheckpointManagerOptions(create=True,
-                                           enable_async_checkpointing=False),
-      item_names=("state",))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"params": params})))
-  manager.wait_until_finished()
 
 
 def global_batches(super_batch, ref_batch, mesh):
@@ -407,55 +265,50 @@ def load_reference(config, train_input):
     raise TrainingError(str(e)) from None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_after=None):
-  """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
+def device_batch(train_input, reference, step, mesh):
+  """Step `step`'s super-batch and its reference rows as global arrays:
+  `(super_batch, ref_batch)`; `ref_batch` is None without a reference."""
+  super_batch = train_input.batch(step - 1)
+  record_indices = super_batch.pop("index")
+  ref_batch = None
+  if reference is not None:
+    ref_image, ref_text = reference.take(record_indices)
+    ref_batch = dict(image=ref_image, text=ref_text,
+                     temperature=np.float32(reference.temperature),
+                     bias=np.float32(reference.bias))
+  return global_batches(super_batch, ref_batch, mesh)
 
-  `stop_after`: end this process after that step, with a checkpoint, as a
-  preemption would (the schedule still runs to `config.total_steps`).
 
-  Returns a summary dict: `step`, `wall_seconds` (of this process), the
-  final `eval/*` metrics, and for all runs the mean `select/corrupt_fraction`
-  over logged steps (plus `select/pool_corrupt_fraction` for selection runs).
-  """
-  t_start = time.perf_counter()
-  lead = jax.process_index() == 0
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-
-  # mesh
-  mesh = sharding.make_mesh(config.mesh.num_devices)
-  config_lib.validate(config, num_devices=mesh.size)
-  if lead:
-    _save_config(workdir, config)
-
-  # data
-  super_batch_size = config_lib.super_batch_size(config)
-  train_input = input_pipeline.TrainInput(config.data, config.data.split,
-                                          super_batch_size, config.seed)
-  reference = load_reference(config, train_input)
-  tokenizer = input_pipeline.tokenizer(config.data)
-
-  # model and optimiser
-  model = build_model(config, tokenizer.vocab_size)
-  optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  state = init_state(model, optimizer, config, mesh, train_input.image_shape,
-                     config.data.max_tokens)
-
-  # checkpoint / resume
-  manager = _checkpoint_manager(workdir, config)
-  start_step = manager.latest_step() or 0
+def resume(checkpoints, state, workdir):
+  """`(state, step)` of the latest checkpoint, or `(state, 0)` if none."""
+  start_step = checkpoints.latest_step() or 0
   if start_step:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(start_step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+    state = checkpointing.restore(checkpoints, start_step,
+                                  checkpointing.abstract(state))
     logging.info("resumed %s from step %d", workdir, start_step)
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
-                                    enabled=lead)
+  return state, start_step
 
-  # step and evaluation
-  functions = StepFunctions(model, optimizer, config, mesh)
-  train_step = None  # Compiled at the first step, from its real inputs.
-  flops = {}
+
+def compile_step(functions, state, super_batch, ref_batch, key, reference):
+  """The jitted train step compiled for these (first) inputs, and its FLOPs
+  (`flops.measure_flops` plus the whole step's `flops/step` and
+  `flops/ratio_to_iid`, and the reference cache's build cost)."""
+  lowered = functions.jit_step().lower(state, super_batch, ref_batch, key)
+  train_step = lowered.compile()
+  measured = flops_lib.measure_flops(functions, state, super_batch, ref_batch,
+                                     key)
+  measured["flops/step"] = flops_lib.cost_flops(train_step)
+  # Like for like: both from the unoptimised programs' cost analysis.
+  measured["flops/ratio_to_iid"] = (flops_lib.cost_flops(lowered)
+                                    / measured["flops/iid_step"])
+  if reference is not None and "build_flops" in reference.manifest:
+    measured["flops/reference_cache"] = reference.manifest["build_flops"]
+  return train_step, measured
+
+
+def make_evaluator(model, mesh, config, functions):
+  """`params -> {eval/...: value}`, at the small patch and, with
+  `config.patch.eval_large`, at the large one as `eval/large/...`."""
   encoders = {"": evaluate.Encoder(model, mesh, config.eval.batch_size,
                                    patch_size=functions.small_patch)}
   if config.patch.eval_large:
@@ -468,95 +321,145 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       for key, value in evaluate.evaluate(encoder, params, config.data).items():
         results[key.replace("eval/", f"eval/{prefix}")] = value
     return results
+  return run_evals
+
+
+def check_finite(config, step, loss, checkpoints):
+  if not np.isfinite(loss):
+    raise TrainingError(
+        f"non-finite training loss ({loss}) at step {step}; lower "
+        f"--config.optim.lr (now {config.optim.lr}) or check the data; "
+        f"checkpoints up to step {checkpoints.latest_step() or 0} are kept")
+
+
+def train_row(config, step, step_metrics, schedule, flops, bad_records):
+  """The metrics row of a log step (reads the step's metrics to the host)."""
+  row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  row["train/lr"] = float(schedule(step - 1))
+  row["examples_seen"] = step * config.batch_size
+  row["examples_scored"] = step * config_lib.super_batch_size(config)
+  row["data/bad_records"] = bad_records
+  row["flops/step"] = flops["flops/step"]
+  row["flops/total"] = step * flops["flops/step"]
+  return row
+
+
+def corrupt_shares(rows):
+  """Mean over logged `rows` of the trained corrupted share (every run) and
+  of the pool's (selection runs)."""
+  shares = {}
+  for key in ("train/corrupt_fraction", "select/pool_corrupt_fraction"):
+    values = [r[key] for r in rows if key in r]
+    if values:
+      shares[key] = float(np.mean(values))
+  return shares
+
+
+def _is_every(step, every, config):
+  return step % every == 0 or step == config.total_steps
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after=None):
+  """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
+
+  `stop_after`: end this process after that step, with a checkpoint, as a
+  preemption would (the schedule still runs to `config.total_steps`).
+
+  Returns `(summary, state)`: `summary` has `step`, `wall_seconds` (of this
+  process), the final `eval/*` metrics, the `flops/*` measurements, and the
+  mean over logged steps of `train/corrupt_fraction` (every run) and of
+  `select/pool_corrupt_fraction` (selection runs).
+  """
+  t_start = time.perf_counter()
+  lead = jax.process_index() == 0
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+
+  # mesh
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  config_lib.validate(config, num_devices=mesh.size)
+  if lead:
+    checkpointing.save_config(workdir, config)
+
+  # data and reference embeddings
+  super_batch_size = config_lib.super_batch_size(config)
+  train_input = input_pipeline.TrainInput(config.data, config.data.split,
+                                          super_batch_size, config.seed)
+  reference = load_reference(config, train_input)
+  tokenizer = input_pipeline.tokenizer(config.data)
+
+  # model, optimiser, checkpoint / resume
+  model = build_model(config, tokenizer.vocab_size)
+  optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  state = init_state(model, optimizer, config, mesh, train_input.image_shape,
+                     config.data.max_tokens)
+  checkpoints = checkpointing.manager(workdir,
+                                      max_to_keep=config.keep_checkpoints)
+  state, start_step = resume(checkpoints, state, workdir)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
+                                    enabled=lead)
+
+  # step (compiled before the loop from the first step's inputs) and evals
+  functions = StepFunctions(model, optimizer, config, mesh)
+  run_evals = make_evaluator(model, mesh, config, functions)
   base_key = jax.random.key(config.seed)
-  progress = metrics_lib.Progress(config.total_steps, start_step,
-                                  super_batch_size, name=config.method)
-
-  def check_finite(step, loss):
-    if not np.isfinite(loss):
-      raise TrainingError(
-          f"non-finite training loss ({loss}) at step {step}; lower "
-          f"--config.optim.lr (now {config.optim.lr}) or check the data; "
-          f"checkpoints up to step {manager.latest_step() or 0} are kept")
-
-  # loop
-  final_eval, logged = {}, []
-  step = start_step
   last_step = config.total_steps
   if stop_after is not None:
     last_step = min(last_step, stop_after)
+  flops, train_step = {}, None
+  if start_step < last_step:
+    first_batch = device_batch(train_input, reference, start_step + 1, mesh)
+    train_step, flops = compile_step(
+        functions, state, *first_batch,
+        jax.random.fold_in(base_key, start_step + 1), reference)
+    if lead:
+      (epath.Path(workdir) / "flops.json").write_text(
+          json.dumps(flops, indent=2, sort_keys=True))
+  progress = metrics_lib.Progress(config.total_steps, start_step,
+                                  super_batch_size, name=config.method,
+                                  enabled=lead)
+
+  # loop: batch -> step -> log / eval / checkpoint
+  final_eval, logged = {}, []
+  step = start_step
   for step in range(start_step + 1, last_step + 1):
-    super_batch = train_input.batch(step - 1)
-    record_indices = super_batch.pop("index")
-    ref_batch = None
-    if reference is not None:
-      ref_image, ref_text = reference.take(record_indices)
-      ref_batch = dict(image=ref_image, text=ref_text,
-                       temperature=np.float32(reference.temperature),
-                       bias=np.float32(reference.bias))
-    super_batch, ref_batch = global_batches(super_batch, ref_batch, mesh)
-    key = jax.random.fold_in(base_key, step)
-    if train_step is None:
-      lowered = functions.jit_step().lower(state, super_batch, ref_batch, key)
-      train_step = lowered.compile()
-      flops = measure_flops(functions, state, super_batch, ref_batch, key)
-      flops["flops/step"] = _compiled_flops(train_step)
-      # Like for like: both from the unoptimised programs' cost analysis.
-      flops["flops/ratio_to_iid"] = (
-          _lowered_cost(lowered) / flops["flops/iid_step"])
-      if reference is not None and "build_flops" in reference.manifest:
-        flops["flops/reference_cache"] = reference.manifest["build_flops"]
-      if lead:
-        (epath.Path(workdir) / "flops.json").write_text(
-            json.dumps(flops, indent=2, sort_keys=True))
-    state, step_metrics = train_step(state, super_batch, ref_batch, key)
-    if step == start_step + 1:  # Rates exclude compilation.
-      jax.block_until_ready(state)
-      progress.restart(step)
+    super_batch, ref_batch = (
+        first_batch if step == start_step + 1
+        else device_batch(train_input, reference, step, mesh))
+    state, step_metrics = train_step(state, super_batch, ref_batch,
+                                     jax.random.fold_in(base_key, step))
 
     row = {}
-    if step % config.log_every == 0 or step == config.total_steps:
-      row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      check_finite(step, row["train/loss"])
-      row["train/lr"] = float(schedule(step - 1))
-      row["examples_seen"] = step * config.batch_size
-      row["examples_scored"] = step * super_batch_size
-      row["data/bad_records"] = train_input.bad_records
-      row["flops/step"] = flops["flops/step"]
-      row["flops/total"] = step * flops["flops/step"]
+    if _is_every(step, config.log_every, config):
+      row = train_row(config, step, step_metrics, schedule, flops,
+                      train_input.bad_records)
+      check_finite(config, step, row["train/loss"], checkpoints)
       row["train/examples_per_s"], row["train/step_seconds"] = progress.log(
           step, row["train/loss"])
       logged.append(row)
-    if step % config.eval_every == 0 or step == config.total_steps:
-      t_eval = time.perf_counter()
-      final_eval = run_evals(state.params)
-      progress.exclude(time.perf_counter() - t_eval)
+    if _is_every(step, config.eval_every, config):
+      with progress.excluded():
+        final_eval = run_evals(state.params)
       row.update(final_eval)
       row.setdefault("examples_seen", step * config.batch_size)
-      logging.info("%s step %d eval %s", config.method, step,
-                   {k: round(v, 4) for k, v in final_eval.items()})
+      progress.eval(step, final_eval)
     if row:
       writer.write(step, row)
     if step % config.checkpoint_every == 0 or step == last_step:
-      t_save = time.perf_counter()
-      check_finite(step, float(step_metrics["train/loss"]))
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state)))
-      progress.exclude(time.perf_counter() - t_save)
-  manager.wait_until_finished()
+      with progress.excluded():
+        check_finite(config, step, float(step_metrics["train/loss"]),
+                     checkpoints)
+        checkpointing.save(checkpoints, step, state)
+  checkpoints.wait_until_finished()
   writer.close()
   train_input.close()
+  progress.close()
 
   if not final_eval:  # Already finished before this process started.
     final_eval = run_evals(state.params)
-  previous = [r for r in metrics_lib.read_metrics(workdir)] if lead else logged
-  summary = dict(step=int(step), wall_seconds=time.perf_counter() - t_start)
-  summary.update(final_eval)
-  summary.update(flops)
-  for key in ("select/corrupt_fraction", "select/pool_corrupt_fraction"):
-    values = [r[key] for r in previous if key in r]
-    if values:
-      summary[key] = float(np.mean(values))
+  rows = metrics_lib.read_metrics(workdir) if lead else logged
+  summary = dict(step=int(step), wall_seconds=time.perf_counter() - t_start,
+                 **final_eval, **flops, **corrupt_shares(rows))
   return summary, state
 
 

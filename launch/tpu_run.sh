@@ -22,8 +22,10 @@
 #   --zone ZONE         (default $TPU_ZONE)
 #   --project PROJECT   (default: gcloud's configured project)
 #   --accelerator TYPE  create: accelerator type (default v5litepod-16)
-#   --version VERSION   create: TPU software version
-#                       (default v2-alpha-tpuv5-lite)
+#   --version VERSION   create: TPU software (runtime) version; default by
+#                       the accelerator's family: v6e v2-alpha-tpuv6e, v5p
+#                       v2-alpha-tpuv5, v5e/v5litepod v2-alpha-tpuv5-lite,
+#                       v4 and older tpu-ubuntu2204-base
 #   --spot              create: a spot (preemptible) VM
 #   --skip-setup        run: the code and environment are already there
 #   --remote-python PY  run: the workers' interpreter (default python3.11,
@@ -46,7 +48,7 @@ tpu="${TPU_NAME:-}"
 zone="${TPU_ZONE:-}"
 project=""
 accelerator="v5litepod-16"
-version="v2-alpha-tpuv5-lite"
+version=""  # "": chosen from the accelerator's family (runtime_version).
 remote_python="python3.11"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -59,12 +61,24 @@ while [[ $# -gt 0 ]]; do
     --accelerator) accelerator="$2"; shift 2 ;;
     --version) version="$2"; shift 2 ;;
     --remote-python) remote_python="$2"; shift 2 ;;
-    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     -*) echo "error: unknown option $1 (launch/tpu_run.sh --help)" >&2; exit 2 ;;
     *) break ;;
   esac
 done
 fail() { echo "error: $*" >&2; exit 2; }
+
+# The TPU VM software version Cloud TPU documents for an accelerator family
+# (its "TPU software versions" page, for JAX).
+runtime_version() {
+  case "$1" in
+    v6e-*) echo "v2-alpha-tpuv6e" ;;
+    v5p-*) echo "v2-alpha-tpuv5" ;;
+    v5e-*|v5litepod-*) echo "v2-alpha-tpuv5-lite" ;;
+    v2-*|v3-*|v4-*) echo "tpu-ubuntu2204-base" ;;
+    *) fail "no default software version for accelerator $1; pass --version VERSION" ;;
+  esac
+}
 [[ $# -ge 1 ]] || fail "name an action: create, run, logs, kill, stop or delete (launch/tpu_run.sh --help)"
 action="$1"; shift
 [[ -n "$tpu" ]] || fail "--tpu NAME (or \$TPU_NAME) is required"
@@ -136,6 +150,7 @@ case "$action" in
   create)
     extra=()
     [[ "$spot" == 1 ]] && extra+=(--spot)
+    [[ -n "$version" ]] || version="$(runtime_version "$accelerator")"
     run "${tpu_vm[@]}" create "${where[@]}" "--accelerator-type=$accelerator" \
       "--version=$version" ${extra[@]+"${extra[@]}"}
     ;;

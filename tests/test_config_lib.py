@@ -3,11 +3,10 @@
 import pytest
 
 from jest_jax import config_lib
-from jest_jax import demo
 
 
 def jest_config(**selection):
-  config = demo.load_config("jest", "method=jest,filter_ratio=0.8")
+  config = config_lib.load_config("jest", "method=jest,filter_ratio=0.8")
   config.reference.cache_dir = "somewhere"
   config.selection.update(selection)
   return config
@@ -37,13 +36,13 @@ def test_jest_config_is_valid_and_has_super_batch_of_b_over_1_minus_f():
 
 
 def test_iid_and_reference_configs_are_valid_without_a_cache():
-  config_lib.validate(demo.load_config("jest", "method=iid"), num_devices=8)
-  config_lib.validate(demo.load_config("reference", None), num_devices=8)
+  config_lib.validate(config_lib.load_config("jest", "method=iid"), num_devices=8)
+  config_lib.validate(config_lib.load_config("reference", None), num_devices=8)
 
 
 def test_unknown_method_is_rejected():
   with pytest.raises(config_lib.ConfigError, match="method='jset'"):
-    demo.load_config("jest", "method=jset")
+    config_lib.load_config("jest", "method=jset")
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -61,25 +60,25 @@ def test_bad_selection_values_name_the_key(key, value, message):
 
 
 def test_missing_reference_cache_says_how_to_build_it():
-  config = demo.load_config("jest", "method=jest")
+  config = config_lib.load_config("jest", "method=jest")
   with pytest.raises(config_lib.ConfigError,
                      match="reference.cache_dir.*jest_jax.cache_reference"):
     config_lib.validate(config)
 
 
 def test_hard_learner_needs_no_reference():
-  config_lib.validate(demo.load_config("jest", "method=hard_learner"))
+  config_lib.validate(config_lib.load_config("jest", "method=hard_learner"))
 
 
 def test_batch_not_divisible_by_devices_is_rejected():
-  config = demo.load_config("jest", "method=iid")
+  config = config_lib.load_config("jest", "method=iid")
   config.batch_size = 12
   with pytest.raises(config_lib.ConfigError, match="batch_size=12.*devices \\(8\\)"):
     config_lib.validate(config, num_devices=8)
 
 
 def test_negative_learning_rate_is_rejected():
-  config = demo.load_config("reference", None)
+  config = config_lib.load_config("reference", None)
   config.optim.lr = -1.0
   with pytest.raises(config_lib.ConfigError, match="optim.lr=-1.0"):
     config_lib.validate(config)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from jest_jax import config_lib
-from jest_jax import demo
 from jest_jax import train
 
 
@@ -19,7 +18,7 @@ from jest_jax import train
     ("flexi_jest", "method=jest"), ("flexi_jest", "method=flexi_jest"),
 ])
 def test_cpu_configs_validate(name, arg):
-  config = demo.load_config(name, arg)
+  config = config_lib.load_config(name, arg)
   if config_lib.needs_reference(config):
     config.reference.cache_dir = "cache"
   config_lib.validate(config, num_devices=8)
@@ -27,7 +26,7 @@ def test_cpu_configs_validate(name, arg):
 
 @pytest.mark.parametrize("method", ["iid", "jest", "flexi_jest"])
 def test_tpu_config_validates_on_a_256_chip_pod(method):
-  config = demo.load_config("tpu_flexi_jest", f"method={method}")
+  config = config_lib.load_config("tpu_flexi_jest", f"method={method}")
   if config_lib.needs_reference(config):
     config.reference.cache_dir = "gs://bucket/cache"
   config_lib.validate(config, num_devices=256)
@@ -38,7 +37,7 @@ def test_tpu_config_validates_on_a_256_chip_pod(method):
 
 
 def test_tpu_model_shapes_build_abstractly():
-  config = demo.load_config("tpu_flexi_jest", "method=flexi_jest")
+  config = config_lib.load_config("tpu_flexi_jest", "method=flexi_jest")
   model = train.build_model(config, config.model.vocab_size_hint)
   images = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.float32)
   tokens = jax.ShapeDtypeStruct((2, config.data.max_tokens), jnp.int32)

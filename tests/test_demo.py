@@ -21,7 +21,7 @@ def test_demo_writes_runs_summary_plot_and_table(tmp_path):
   with open(os.path.join(workdir, "summary.json")) as f:
     written = json.load(f)
   for key in ("eval/zeroshot_top1", "eval/i2t_r1", "eval/t2i_r1",
-              "select/corrupt_fraction", "wall_seconds", "step"):
+              "train/corrupt_fraction", "wall_seconds", "step"):
     assert key in written["iid"] and key in written["jest"]
   assert "select/pool_corrupt_fraction" in written["jest"]
   assert written["reference_cache"]["count"] == 256

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jest_jax import config_lib
-from jest_jax import demo
 from jest_jax import evaluate
+from jest_jax import flops
 from jest_jax import losses
 from jest_jax import optim
 from jest_jax import sharding
@@ -19,7 +19,7 @@ VOCAB, TOKENS, B = 61, 16, 16
 
 
 def flexi_config(method="flexi_jest", **patch):
-  config = demo.load_config("flexi_jest", f"method={method},filter_ratio=0.8")
+  config = config_lib.load_config("flexi_jest", f"method={method},filter_ratio=0.8")
   config.batch_size = B
   config.selection.n_chunks = 4
   config.reference.cache_dir = "unused-here"
@@ -127,8 +127,8 @@ def _step_flops(config):
                      bias=np.float32(-10.0))
   key = jax.random.key(0)
   lowered = jax.jit(functions.step).lower(state, super_batch, reference, key)
-  measured = train.measure_flops(functions, state, super_batch, reference, key)
-  return train._lowered_cost(lowered), measured
+  measured = flops.measure_flops(functions, state, super_batch, reference, key)
+  return flops.cost_flops(lowered), measured
 
 
 def test_flops_per_step_order_iid_flexi_jest_jest_at_f08():

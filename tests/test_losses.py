@@ -1,4 +1,4 @@
-"""Losses against naive NumPy twins written loop by loop from SPEC §1."""
+"""Losses against naive NumPy twins written loop by loop from docs/design.md §1."""
 
 import math
 

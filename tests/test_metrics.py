@@ -96,3 +96,55 @@ def test_local_workdir_gets_tensorboard_events(tmp_path):
   writer.write(1, {"loss": 0.5})
   writer.close()
   assert os.listdir(tmp_path / "tensorboard")
+
+
+class _Terminal:
+  """A stream that says it is a terminal and records what is written."""
+
+  def __init__(self):
+    self.text = ""
+
+  def isatty(self):
+    return True
+
+  def write(self, text):
+    self.text += text
+
+  def flush(self):
+    pass
+
+
+def test_progress_is_plain_lines_when_stdout_is_not_a_terminal():
+  import io
+  stream = io.StringIO()
+  progress = metrics_lib.Progress(100, 0, 64, name="jest", stream=stream)
+  progress.log(10, 0.5)
+  progress.log(20, 0.25)
+  progress.close()
+  lines = stream.getvalue().splitlines()
+  assert len(lines) == 2 and "\r" not in stream.getvalue()
+  assert lines[1].startswith("jest step 20/100 | loss 0.2500 | ")
+  assert "examples/s | ETA " in lines[1]
+
+
+def test_progress_rewrites_one_line_on_a_terminal_and_ends_it_on_close():
+  terminal = _Terminal()
+  progress = metrics_lib.Progress(100, 0, 64, stream=terminal)
+  progress.log(10, 0.5)
+  progress.log(20, 0.25)
+  assert terminal.text.count("\r") == 2 and "\n" not in terminal.text
+  progress.eval(20, {"eval/zeroshot_top1": 0.5})
+  last = terminal.text.split("\r")[-1]  # Padded over the longer line.
+  assert last.endswith("\n")
+  assert last.rstrip() == "step 20 eval zeroshot_top1 0.5000"
+  progress.log(30, 0.125)
+  progress.close()
+  assert terminal.text.endswith("\n")
+
+
+def test_progress_of_other_processes_writes_nothing():
+  terminal = _Terminal()
+  progress = metrics_lib.Progress(100, 0, 64, stream=terminal, enabled=False)
+  progress.log(10, 0.5)
+  progress.close()
+  assert terminal.text == ""

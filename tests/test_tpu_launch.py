@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "tpu_run.sh")
 WHERE = ["--tpu", "jest", "--zone", "us-west4-a", "--project", "proj"]
@@ -28,7 +30,36 @@ def test_create_names_the_vm_accelerator_and_spot():
   assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "jest",
                     "--zone=us-west4-a", "--project=proj",
                     "--accelerator-type=v4-32",
-                    "--version=v2-alpha-tpuv5-lite", "--spot"]
+                    "--version=tpu-ubuntu2204-base", "--spot"]
+
+
+@pytest.mark.parametrize("accelerator, version", [
+    ("v4-8", "tpu-ubuntu2204-base"),
+    ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+    ("v5e-8", "v2-alpha-tpuv5-lite"),
+    ("v5p-32", "v2-alpha-tpuv5"),
+    ("v6e-64", "v2-alpha-tpuv6e"),
+])
+def test_create_picks_the_software_version_of_the_accelerator_family(
+    accelerator, version):
+  (create,) = dry_run("--accelerator", accelerator, "create")
+  assert f"--version={version}" in create
+
+
+def test_version_flag_overrides_the_family_default():
+  (create,) = dry_run("--accelerator", "v5p-8", "--version", "my-runtime",
+                      "create")
+  assert "--version=my-runtime" in create
+
+
+def test_unknown_accelerator_family_asks_for_a_version():
+  result = subprocess.run(["bash", SCRIPT, "--dry-run", *WHERE,
+                           "--accelerator", "v9x-8", "create"],
+                          capture_output=True, text=True)
+  assert result.returncode != 0
+  assert result.stderr.strip().startswith(
+      "error: no default software version for accelerator v9x-8; pass "
+      "--version")
 
 
 def test_run_copies_sets_up_starts_on_all_workers_and_streams_worker_0():

@@ -26,8 +26,8 @@ Objects sit on a grid of `grid_cell`-pixel cells with ±1 px jitter: a small
 object fills one cell (less a 1 px margin), a big one a 2×2 block, so a ViT
 whose patch divides `grid_cell` sees each object the same way wherever it is.
 With free positions a patch-8 ViT learns colour at once but shape only
-slowly, and every training run plateaus at colour-only accuracy (MEASURED.md,
-"Corpus").
+slowly, and every training run plateaus at colour-only accuracy (measured on a
+prototype of this corpus).
 
 Everything is a function of `(config, split)`: each split draws from its own
 random stream, in fixed blocks of `_BLOCK` records that each have their own

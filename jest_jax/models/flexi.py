@@ -1,7 +1,7 @@
 """FlexiViT resizing: one set of weights, any patch size (arXiv 2212.08013).
 
 Patch-embedding kernels are resized with the pseudo-inverse ("PI") resize
-(SPEC §1, Flexi-JEST): if `R` is the `[q*q, p*p]` matrix of a bilinear resize
+(docs/design.md §3, Flexi-JEST): if `R` is the `[q*q, p*p]` matrix of a bilinear resize
 of a p×p patch to q×q (no antialiasing, half-pixel centres, as
 `jax.image.resize(..., "bilinear", antialias=False)` and TF's
 `tf.image.resize`), the resized kernel is

@@ -2,7 +2,7 @@
 
 Parameter tree: `img/...` (a FlexiViT, `vit.py`), `txt/...` (`text.py`),
 `t` `(1,)` the log-temperature (init log 10) and `b` `(1,)` the bias (init
--10), as SPEC §1 and big_vision's `two_towers`.
+-10), as docs/design.md §1 and big_vision's `two_towers`.
 
 Besides `__call__`, the methods `encode_image` and `encode_text` run one
 tower, e.g. to score a super-batch's images at the large patch size:

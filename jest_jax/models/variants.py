@@ -3,7 +3,7 @@
 A variant is a size name with an optional patch size: "B", "B/16", "pico/8".
 The big_vision names follow Table 2 of arXiv 2106.04560 (plus So400m from
 arXiv 2305.13035); "pico" and "nano" are CPU sizes for this project's
-built-in demo (MEASURED.md: width 64, patch 8 on 32px images).
+built-in demo (width 64, patch 8 on 32px images).
 """
 
 # name: (width, depth, mlp_dim, num_heads)

@@ -13,7 +13,7 @@ one to one):
                                                 pool_type "map" only
   head/{kernel, bias}                           when num_classes is set
 
-The tower runs at any patch size that divides the image (SPEC §1,
+The tower runs at any patch size that divides the image (docs/design.md §3,
 Flexi-JEST): the stored kernel is PI-resized and the learned position
 embedding bilinearly resized to the new grid, inside the traced function, so
 both stay trainable.

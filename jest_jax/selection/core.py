@@ -3,7 +3,7 @@
 Everything here is a pure function of embeddings, two model scalars per model
 and a PRNG key; nothing imports a model, a data pipeline or a trainer.
 
-Notation (SPEC §1): a super-batch of `B` examples, a selected sub-batch of
+Notation (docs/design.md §1): a super-batch of `B` examples, a selected sub-batch of
 `b`, `n_chunks` chunks of `c = b / n_chunks`. Per-pair sigmoid losses
 
   L_ij = -log_sigmoid(z_ij * (temperature * <x_i, y_j> + bias)),
@@ -292,7 +292,7 @@ def _block_dots(model, chunk):
 
 
 class _SigmoidKernel:
-  """Running sums `acc_i = sum_{k in S} (s_ik + s_ki)` (SPEC §1, step 3)."""
+  """Running sums `acc_i = sum_{k in S} (s_ik + s_ki)` (docs/design.md §1, equation 2)."""
 
   def __init__(self, models):
     self.models = models
@@ -464,7 +464,7 @@ def _joint_select(key, learner, reference, gain, *, sub_batch_size, n_chunks,
 def joint_select(key, learner, reference, *, sub_batch_size,
                  n_chunks=DEFAULT_N_CHUNKS, scoring="learnability",
                  gain=DEFAULT_GAIN, loss="sigmoid", refine_sweeps=0):
-  """JEST: draws a sub-batch jointly, chunk by chunk (SPEC §1), matrix-free.
+  """JEST: draws a sub-batch jointly, chunk by chunk (docs/design.md §1), matrix-free.
 
   Args:
     key: PRNG key.

@@ -16,7 +16,7 @@ from jest_jax.selection import core
 
 
 def score_matrix(learner, reference, *, scoring, gain):
-  """`[B, B]` sigmoid pair scores `s_ij` (SPEC §1)."""
+  """`[B, B]` sigmoid pair scores `s_ij` (docs/design.md §1)."""
   total = 0.0
   for _, emb, sign in core._models_for(scoring, learner, reference):
     pair_losses = losses.sigmoid_pair_losses(
