@@ -111,8 +111,9 @@ class StepFunctions:
 
   super_batch: dict of `image` uint8 `[B, H, W, 3]`, `tokens` int32 `[B, L]`,
     `corrupt` bool `[B]`, sharded over `data`.
-  reference: dict of `image`, `text` `[B, d]`, `temperature`, `bias` (None
-    when the selection needs no reference).
+  reference: `selection.Embeddings` of the super-batch's rows in the
+    reference cache (`image`, `text` `[B, d]` in the cache's stored dtype,
+    upcast here; None when the selection needs no reference).
   """
 
   def __init__(self, model, optimizer, config, mesh):
@@ -185,7 +186,7 @@ class StepFunctions:
     sub_batch = super_batch
     if self.selecting:
       learner = self.score(state.params, super_batch)
-      ref = None if reference is None else selection.Embeddings(**reference)
+      ref = _float32(reference)
       indices = self.select(select_key, learner, ref)
       sub_batch = selection.gather_selected(
           super_batch, indices, mesh=self.mesh, axis_name=sharding.DATA_AXIS,
@@ -219,8 +220,8 @@ class StepFunctions:
     data = sharding.data_sharding(self.mesh)
     reference = None
     if config_lib.needs_reference(self.config):
-      reference = dict(image=data, text=data, temperature=replicated,
-                       bias=replicated)
+      reference = selection.Embeddings(image=data, text=data,
+                                       temperature=replicated, bias=replicated)
     return replicated, data, reference
 
   def jit_step(self):
@@ -228,6 +229,14 @@ class StepFunctions:
     return jax.jit(self.step,
                    in_shardings=(replicated, data, reference, replicated),
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def _float32(embeddings):
+  """Cached reference rows arrive in their stored dtype (e.g. bfloat16);
+  the selection kernel works in float32."""
+  if embeddings is None:
+    return None
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), embeddings)
 
 
 def _lowered_cost(lowered):
@@ -288,7 +297,7 @@ def measure_flops(functions, state, super_batch, reference, key):
     out["flops/score"] = _lowered_flops(functions.score, state.params,
                                         super_batch)
     learner = jax.eval_shape(functions.score, state.params, super_batch)
-    ref = None if reference is None else selection.Embeddings(**reference)
+    ref = _float32(reference)
     out["flops/select"] = _lowered_flops(functions.select, key, learner, ref)
   out["flops/paper_ratio"] = paper_flops_ratio(functions.config,
                                                approx_factor)
@@ -383,15 +392,16 @@ def global_batches(super_batch, ref_batch, mesh):
   -> global arrays over `mesh` (every process calls it, same step)."""
   super_batch = sharding.put_process_local_batch(super_batch, mesh)
   if ref_batch is not None:
-    rows = dict(image=ref_batch["image"], text=ref_batch["text"])
-    ref_batch = dict(ref_batch, **sharding.put_process_local_batch(rows,
-                                                                   mesh))
+    rows = dict(image=ref_batch.image, text=ref_batch.text)
+    ref_batch = ref_batch._replace(**sharding.put_process_local_batch(rows,
+                                                                      mesh))
   return super_batch, ref_batch
 
 
-def load_reference(config, train_input):
-  """The reference cache for the training data, checked against the data's
-  fingerprint and (if `config.reference.workdir` is set) the checkpoint."""
+def load_reference(config):
+  """The reference cache for the training data (opened, not read), checked
+  against the data's fingerprint and (if `config.reference.workdir` is set)
+  the checkpoint."""
   if not config_lib.needs_reference(config):
     return None
   checkpoint_fingerprint = None
@@ -399,9 +409,10 @@ def load_reference(config, train_input):
     params, _ = restore_params(config.reference.workdir)
     checkpoint_fingerprint = reference_cache.params_fingerprint(params)
   try:
-    return reference_cache.load(
+    records = input_pipeline.open_records(config.data, config.data.split)
+    return reference_cache.open_cache(
         config.reference.cache_dir,
-        dataset_fingerprint=train_input.fingerprint, count=len(train_input),
+        dataset_fingerprint=records.fingerprint, count=len(records),
         checkpoint_fingerprint=checkpoint_fingerprint)
   except reference_cache.CacheError as e:
     raise TrainingError(str(e)) from None
@@ -430,9 +441,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # data
   super_batch_size = config_lib.super_batch_size(config)
+  reference = load_reference(config)
   train_input = input_pipeline.TrainInput(config.data, config.data.split,
-                                          super_batch_size, config.seed)
-  reference = load_reference(config, train_input)
+                                          super_batch_size, config.seed,
+                                          reference=reference)
   tokenizer = input_pipeline.tokenizer(config.data)
 
   # model and optimiser
@@ -487,13 +499,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     last_step = min(last_step, stop_after)
   for step in range(start_step + 1, last_step + 1):
     super_batch = train_input.batch(step - 1)
-    record_indices = super_batch.pop("index")
-    ref_batch = None
-    if reference is not None:
-      ref_image, ref_text = reference.take(record_indices)
-      ref_batch = dict(image=ref_image, text=ref_text,
-                       temperature=np.float32(reference.temperature),
-                       bias=np.float32(reference.bias))
+    super_batch.pop("index")
+    ref_batch = super_batch.pop("reference", None)
     super_batch, ref_batch = global_batches(super_batch, ref_batch, mesh)
     key = jax.random.fold_in(base_key, step)
     if train_step is None:
