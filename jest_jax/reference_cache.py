@@ -116,8 +116,10 @@ class Layout:
     self.width = 2 * self.dim + _CHECK_BYTES // self.dtype.itemsize
     self.row_bytes = self.width * self.dtype.itemsize
     self.num_shards = -(-self.count // self.shard_rows)
+    # float64 sums of uint16 words times these weights are exact (below
+    # 2^53 for any d up to 2^16).
     self._weights = 2 * np.arange(self.dim * self.dtype.itemsize,
-                                  dtype=np.uint64) + 1
+                                  dtype=np.float64) + 1
 
   @classmethod
   def for_shard_bytes(cls, count, dim, dtype, shard_bytes):
@@ -149,7 +151,9 @@ class Layout:
     """uint64 `[n]` checksums of rows `[n, width]` (only their first 2 d
     values count) of records `indices`."""
     words = np.ascontiguousarray(rows[:, :2 * self.dim]).view(np.uint16)
-    total = words.astype(np.uint64) @ self._weights
+    # einsum's own loop: BLAS threads gain nothing on a matrix-vector
+    # product and contend with the input pipeline's threads.
+    total = np.einsum("ij,j->i", words, self._weights).astype(np.uint64)
     return total + (np.asarray(indices, np.uint64) + np.uint64(1)) * _INDEX_MIX
 
   def encode(self, image, text, start):
@@ -491,16 +495,18 @@ class ReferenceCache:
         with open(path, "rb") as f:
           if f.read(len(header)) != header:
             self._fail(shard, "does not hold the rows its manifest describes")
-        self._maps[shard] = np.memmap(path, self.layout.dtype, "r",
-                                      offset=len(header),
-                                      shape=(stop - start, self.layout.width))
+        # Rows as raw bytes: copying them is a memcpy whatever the dtype
+        # (NumPy copies bfloat16 elements one by one).
+        self._maps[shard] = np.memmap(
+            path, np.uint8, "r", offset=len(header),
+            shape=(stop - start, self.layout.row_bytes))
       return self._maps[shard]
 
   def _read_ranges(self, shard, rows):
     """Rows `rows` (sorted, unique, shard-relative) of a shard in an object
     store: one byte-range read per run of consecutive rows."""
     header = self.layout.header(shard)
-    out = np.empty((len(rows), self.layout.width), self.layout.dtype)
+    out = np.empty((len(rows), self.layout.row_bytes), np.uint8)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     with _open_object(self._path(shard)) as f:
       if shard not in self._checked:
@@ -514,8 +520,8 @@ class ReferenceCache:
         data = f.read(size)
         if len(data) != size:
           self._fail(shard, "is truncated")
-        out[lo:hi] = np.frombuffer(data, self.layout.dtype).reshape(
-            hi - lo, self.layout.width)
+        out[lo:hi] = np.frombuffer(data, np.uint8).reshape(
+            hi - lo, self.layout.row_bytes)
     return out
 
   def rows(self, indices):
@@ -526,7 +532,7 @@ class ReferenceCache:
       raise CacheError(f"record index out of range [0, {self.count}) for "
                        f"reference cache {self.cache_dir}")
     unique, inverse = np.unique(indices, return_inverse=True)
-    out = np.empty((len(unique), self.layout.width), self.layout.dtype)
+    out = np.empty((len(unique), self.layout.row_bytes), np.uint8)
     shards = unique // self.layout.shard_rows
     bounds = np.flatnonzero(np.diff(shards)) + 1
     for lo, hi in zip(np.concatenate([[0], bounds]),
@@ -537,8 +543,8 @@ class ReferenceCache:
         out[lo:hi] = self._memory_map(shard)[local]
       else:
         out[lo:hi] = self._read_ranges(shard, local)
-    self._verify(out, unique)
-    return out[inverse]
+    self._verify(out.view(self.layout.dtype), unique)
+    return out[inverse.reshape(-1)].view(self.layout.dtype)
 
   def _verify(self, rows, indices):
     bad = np.flatnonzero(self.layout.checksums(rows, indices)
@@ -552,12 +558,12 @@ class ReferenceCache:
   def read(self, indices):
     """`selection.Embeddings` of records `indices` (int `[n]`): `image`,
     `text` `[n, d]` in the stored dtype, `temperature`, `bias` float32."""
-    rows = self.rows(indices)
-    d = self.dim
-    return selection.Embeddings(
-        image=np.ascontiguousarray(rows[:, :d]),
-        text=np.ascontiguousarray(rows[:, d:2 * d]),
-        temperature=self.temperature, bias=self.bias)
+    rows = self.rows(indices).view(np.uint8)
+    size = self.dim * self.dtype.itemsize
+    part = lambda i: np.ascontiguousarray(
+        rows[:, i * size:(i + 1) * size]).view(self.dtype)
+    return selection.Embeddings(image=part(0), text=part(1),
+                                temperature=self.temperature, bias=self.bias)
 
   def verify_all(self, block=65536):
     """Reads and verifies every row (what `open_cache` does for a small

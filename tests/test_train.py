@@ -96,8 +96,10 @@ def test_cache_equals_direct_reference_inference(reference_run):
       {"params": params},
       evaluate.preprocess_images(split.arrays["image"][:16]),
       split.arrays["tokens"][:16])
-  image = np.load(os.path.join(cache_dir, "image.npy"))
-  text = np.load(os.path.join(cache_dir, "text.npy"))
+  from jest_jax import reference_cache
+  image, text, _, _ = reference_cache.open_cache(
+      cache_dir, dataset_fingerprint=split.fingerprint,
+      count=len(split)).read(np.arange(16))
   np.testing.assert_allclose(image[:16], zimg, atol=1e-5)
   np.testing.assert_allclose(text[:16], ztxt, atol=1e-5)
   del sharding
