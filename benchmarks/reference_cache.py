@@ -15,7 +15,6 @@ benchmarks/results/reference_cache.json.
 """
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ import time
 import numpy as np
 
 from common import machine
+from common import write_json
 from jest_jax import reference_cache
 
 
@@ -96,11 +96,7 @@ def main():
           " MB/s)")
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  os.makedirs(args.out, exist_ok=True)
-  out = os.path.join(args.out, "reference_cache.json")
-  with open(out, "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  print(f"wrote {out}")
+  print(f"wrote {write_json(args.out, 'reference_cache', results)}")
 
 
 if __name__ == "__main__":
