@@ -9,12 +9,15 @@ indexed by the record indices.
 import json
 import os
 import pickle
+import threading
+import time
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 from jest_jax import reference_cache
+from jest_jax.data import storage
 
 DTYPES = {"float32": np.float32, "float16": np.float16,
           "bfloat16": ml_dtypes.bfloat16}
@@ -466,3 +469,31 @@ def test_gcs_rebuild_interrupted_while_publishing_leaves_no_mixed_cache(
   assert builder.finish(**FIELDS)["dataset_fingerprint"] == "data2"
   np.testing.assert_array_equal(
       _read_all("gs://bucket/cache", dataset_fingerprint="data2").text, text)
+
+
+def test_file_lock_is_exclusive_and_its_file_goes_with_the_holder(tmp_path):
+  """Holders remove the lock file before releasing it; waiters on the
+  removed file must not hold the lock alongside one who made a new file."""
+  path = str(tmp_path / "build.lock")
+  holders, most, errors = [0], [0], []
+  guard = threading.Lock()
+
+  def contend():
+    try:
+      for _ in range(40):
+        with storage.file_lock(path):
+          with guard:
+            holders[0] += 1
+            most[0] = max(most[0], holders[0])
+          time.sleep(0.0005)
+          with guard:
+            holders[0] -= 1
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+  threads = [threading.Thread(target=contend) for _ in range(4)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert not errors and most[0] == 1
+  assert not os.path.exists(path)
