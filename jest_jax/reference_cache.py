@@ -56,6 +56,7 @@ import io
 import json
 import os
 import threading
+import zipfile
 
 from etils import epath
 import jax
@@ -372,11 +373,19 @@ class CacheBuilder:
     storage.write_bytes_atomically(self._chunk_path(start, stop),
                                    chunk.getvalue())
 
+  def _load_chunk(self, start, stop):
+    path = self._chunk_path(start, stop)
+    try:
+      with path.open("rb") as f:
+        with np.load(f) as chunk:
+          return chunk["image"], chunk["text"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+      raise CacheError(f"build chunk {path} is unreadable; delete it and "
+                       "rerun the same command (the build resumes)") from None
+
   def _read_chunks(self, dim):
     for start, stop in self.chunks:
-      with self._chunk_path(start, stop).open("rb") as f:
-        with np.load(f) as chunk:
-          image, text = chunk["image"], chunk["text"]
+      image, text = self._load_chunk(start, stop)
       for name, array in (("image", image), ("text", text)):
         if array.shape != (stop - start, dim):
           raise CacheError(
@@ -400,9 +409,7 @@ class CacheBuilder:
         return read_manifest(self.cache_dir)
       if self.missing():
         return None
-      with self._chunk_path(*self.chunks[0]).open("rb") as f:
-        with np.load(f) as chunk:
-          dim = chunk["image"].shape[1]
+      dim = self._load_chunk(*self.chunks[0])[0].shape[1]
       layout = Layout.for_shard_bytes(
           self.count, dim, self.identity.get("dtype", "float32"),
           self.shard_bytes)
@@ -537,6 +544,8 @@ class ReferenceCache:
     bounds = np.flatnonzero(np.diff(shards)) + 1
     for lo, hi in zip(np.concatenate([[0], bounds]),
                       np.concatenate([bounds, [len(unique)]])):
+      if lo == hi:  # No indices at all.
+        continue
       shard = int(shards[lo])
       local = unique[lo:hi] - shard * self.layout.shard_rows
       if self._local:

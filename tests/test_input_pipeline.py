@@ -233,7 +233,7 @@ def _cache_for(config_data, path, dtype, shard_bytes=2000):
       shard_bytes=shard_bytes)
   cache = reference_cache.open_cache(
       str(path), dataset_fingerprint=records.fingerprint, count=len(records))
-  stored = np.dtype(reference_cache._DTYPES[dtype])  # pylint: disable=protected-access
+  stored = cache.dtype
   return cache, image.astype(stored), text.astype(stored)
 
 

@@ -102,8 +102,9 @@ def test_bfloat16_cache_is_half_the_float32_size(tmp_path):
 
 def test_cache_for_other_data_is_refused(tmp_path):
   _write(tmp_path / "cache")
-  _one_line_error(lambda: _load(tmp_path / "cache", dataset_fingerprint="data2"),
-                  "built for dataset data1.*trains on data2")
+  _one_line_error(
+      lambda: _load(tmp_path / "cache", dataset_fingerprint="data2"),
+      "built for dataset data1.*trains on data2")
 
 
 def test_cache_from_another_checkpoint_is_refused(tmp_path):
@@ -497,3 +498,20 @@ def test_file_lock_is_exclusive_and_its_file_goes_with_the_holder(tmp_path):
     thread.join()
   assert not errors and most[0] == 1
   assert not os.path.exists(path)
+
+
+def test_an_empty_build_chunk_is_one_line_and_the_rest_is_kept(tmp_path):
+  image, text = _embeddings()
+  builder = _builder(tmp_path / "cache")
+  _write_chunks(builder, image, text, builder.chunks)
+  chunk = builder._chunk_path(*builder.chunks[2])  # pylint: disable=protected-access
+  chunk.write_bytes(b"")
+  _one_line_error(lambda: builder.finish(**FIELDS),
+                  f"chunk {chunk} is unreadable; delete it and rerun")
+  assert not os.path.exists(tmp_path / "cache")
+  chunk.unlink()
+  resumed = _builder(tmp_path / "cache")
+  assert resumed.missing() == [resumed.chunks[2]]
+  _write_chunks(resumed, image, text, resumed.missing())
+  resumed.finish(**FIELDS)
+  np.testing.assert_array_equal(_read_all(tmp_path / "cache").image, image)
