@@ -605,6 +605,12 @@ def open_cache(cache_dir, *, dataset_fingerprint, count,
     raise CacheError(f"reference cache {cache_dir} has format {version} "
                      f"(this jest_jax reads format {FORMAT_VERSION}, stored "
                      f"in shards); {_REBUILD}")
+  missing = sorted({"count", "dim", "dtype", "shard_rows", "temperature",
+                    "bias", "dataset_fingerprint", "checkpoint_fingerprint"}
+                   - set(manifest))
+  if missing or manifest["dtype"] not in _DTYPES:
+    raise CacheError(f"reference cache manifest in {cache_dir} lacks "
+                     f"{missing or 'a known dtype'}; {_REBUILD}")
   if manifest["dataset_fingerprint"] != dataset_fingerprint:
     raise CacheError(
         f"reference cache {cache_dir} was built for dataset "

@@ -515,3 +515,13 @@ def test_an_empty_build_chunk_is_one_line_and_the_rest_is_kept(tmp_path):
   _write_chunks(resumed, image, text, resumed.missing())
   resumed.finish(**FIELDS)
   np.testing.assert_array_equal(_read_all(tmp_path / "cache").image, image)
+
+
+def test_a_manifest_without_its_fields_is_one_line(tmp_path):
+  _write(tmp_path / "cache")
+  path = tmp_path / "cache" / "manifest.json"
+  manifest = json.loads(path.read_text())
+  del manifest["shard_rows"]
+  path.write_text(json.dumps(manifest))
+  _one_line_error(lambda: _load(tmp_path / "cache"),
+                  r"lacks \['shard_rows'\]; rebuild")
