@@ -18,3 +18,14 @@ def machine():
   return dict(cpu=cpu, cores=os.cpu_count(), platform=platform.platform(),
               jax=jax.__version__, devices=str(jax.devices()),
               load_average=os.getloadavg())
+
+
+def write_json(out_dir, name, results):
+  """Writes `results` to `out_dir/name.json` (sorted keys); returns the
+  path."""
+  import json  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"{name}.json")
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+  return path

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from common import write_json
 from jest_jax import cache_reference
 from jest_jax import config_lib
 from jest_jax import input_pipeline
@@ -221,11 +222,7 @@ def main():
         f"({manifest['build_examples_per_s']:,.0f} examples/s)")
 
   results["load_average_after"] = os.getloadavg()
-  os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "input_pipeline.json")
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  print(f"wrote {path}")
+  print(f"wrote {write_json(args.out, 'input_pipeline', results)}")
 
 
 if __name__ == "__main__":

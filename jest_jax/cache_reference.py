@@ -111,7 +111,8 @@ def _embedding_flops(model, params, batch_size, image_shape, max_tokens):
 
 def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
                 data_overrides=None, shard_index=None, num_shards=None,
-                chunk_size=DEFAULT_CHUNK_SIZE, max_chunks=None):
+                chunk_size=DEFAULT_CHUNK_SIZE, max_chunks=None,
+                shard_bytes=reference_cache.DEFAULT_SHARD_BYTES):
   """Embeds `split_name` with the latest checkpoint of the run in `workdir`.
 
   Args:
@@ -126,6 +127,7 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
     chunk_size: records per chunk (unit of resumption and sharding).
     max_chunks: stop after embedding this many chunks, as a preemption would
       (for tests; the next call continues).
+    shard_bytes: about how large each file of the finished cache is.
   Returns:
     `(cache_dir, manifest)`; `manifest` is None while chunks of other shards
     (or after `max_chunks`) are missing. An existing cache for the same data,
@@ -141,7 +143,7 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
   except input_pipeline.DataError as e:
     raise train.TrainingError(str(e)) from None
   try:
-    cached = reference_cache.load(
+    cached = reference_cache.open_cache(
         output, dataset_fingerprint=records.fingerprint, count=len(records),
         checkpoint_fingerprint=fingerprint)
     if cached.manifest["dtype"] == dtype:
@@ -159,7 +161,8 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
   builder = reference_cache.CacheBuilder(
       output, count=len(records), chunk_size=chunk_size,
       identity=dict(dataset_fingerprint=records.fingerprint,
-                    checkpoint_fingerprint=fingerprint, dtype=dtype))
+                    checkpoint_fingerprint=fingerprint, dtype=dtype),
+      shard_bytes=shard_bytes)
   todo = [chunk for chunk in builder.shard(shard_index, num_shards)
           if not builder.done(*chunk)]
 

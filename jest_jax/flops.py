@@ -75,7 +75,7 @@ def measure_flops(functions, state, super_batch, reference, key):
     out["flops/score"] = program_flops(functions.score, state.params,
                                        super_batch)
     learner = jax.eval_shape(functions.score, state.params, super_batch)
-    ref = None if reference is None else selection.Embeddings(**reference)
+    ref = functions.as_float32(reference)
     out["flops/select"] = program_flops(functions.select, key, learner, ref)
   out["flops/paper_ratio"] = paper_flops_ratio(functions.config,
                                                approx_factor)

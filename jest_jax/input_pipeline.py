@@ -31,7 +31,8 @@ cut to `max_tokens` (eos included). The tokenizer is `config.data.tokenizer`
 (a `.model` file) or else the one stored with the dataset.
 
 Bad records (undecodable or empty image, missing or empty caption, and with
-`long_captions="bad"` a caption longer than `max_tokens`):
+`long_captions="bad"` a caption longer than `max_tokens`, in the data a run
+trains on: the built-in evaluation probes always truncate):
 `bad_records="skip"` replaces each by the next good record in index order (a
 pure function of the data, so resume stays exact; its `index` is the one
 returned, so reference embeddings stay aligned), logs it and counts it
@@ -343,6 +344,10 @@ def _open_records(frozen_config, split):
       decoders = {image_key: tfds.decode.SkipDecoding()}
     source = builder.as_data_source(split=split, decoders=decoders)
   tokenizer_ = _tokenizer_for(config_data)
+  # The policy is for the user's data: the built-in probes' captions are
+  # clean, and an eval must not fail on its own prompts' length.
+  long_captions = ("truncate" if split in PROBE_SPLITS
+                   else config_data.long_captions)
   reader = RecordReader(
       source=source, parse=parse, num_records=len(source),
       description=f"{builder.info.full_name}:{split}", tokenizer=tokenizer_,
@@ -350,13 +355,13 @@ def _open_records(frozen_config, split):
       label_key=label_key, image_size=config_data.image_size, crop=config_data.crop,
       resize_method=config_data.resize_method,
       max_tokens=config_data.max_tokens, bad_records=config_data.bad_records,
-      long_captions=config_data.long_captions)
+      long_captions=long_captions)
   # What a model sees depends on the preprocessing and tokenizer too.
   identity.update(
       tokenizer=tokenizer_.fingerprint, max_tokens=config_data.max_tokens,
       image_size=config_data.image_size, crop=config_data.crop,
       resize_method=config_data.resize_method,
-      long_captions=config_data.long_captions,
+      long_captions=long_captions,
       keys=[image_key, text_key, corrupt_key])
   fingerprint = hashlib.sha256(
       json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -384,29 +389,9 @@ def _check_policies(config_data):
                     f"{LONG_CAPTION_POLICIES}")
 
 
-# ----------------------------------------------------------- tokenizer --
-
-# The tokenizer of the data last opened for training or evaluation in this
-# process; what `tokenizer()` without arguments returns.
-_active_tokenizer = None
-
-
-def tokenizer(config_data=None):
-  """The SentencePiece tokenizer of `config_data`'s dataset.
-
-  Without an argument: the tokenizer of the data most recently opened by
-  `TrainInput` or `load_split` in this process, else the built-in corpus's.
-  """
-  if config_data is not None:
-    return open_records(config_data, config_data.split).reader.tokenizer
-  if _active_tokenizer is not None:
-    return _active_tokenizer
-  return builtin_tfds.tokenizer()
-
-
-def _activate(records):
-  global _active_tokenizer
-  _active_tokenizer = records.reader.tokenizer
+def tokenizer(config_data):
+  """The SentencePiece tokenizer of `config_data`'s dataset."""
+  return open_records(config_data, config_data.split).reader.tokenizer
 
 
 # ------------------------------------------------------------- streams --
@@ -432,13 +417,15 @@ def index_stream(seed, num_records, batch_size):
                  batch_fn=lambda xs: np.asarray(xs, dtype=np.int64)))
 
 
-def step_indices(seed, step, batch_size, num_examples):
-  """Record indices of the global super-batch at `step`, int64 `[B]`."""
-  return index_stream(seed, num_examples, batch_size)[step]
-
-
 def _local_share(start, stop, indices):
   return indices[start:stop]
+
+
+def _join_reference(reference, element):
+  """The element with its reference rows, aligned with its `index` (after
+  bad-record substitution), read in the same grain map step so they are
+  prefetched with it."""
+  return dict(element, reference=reference.read(element["index"]))
 
 
 class TrainInput:
@@ -446,9 +433,13 @@ class TrainInput:
 
   `batch(step)` returns this process's share of super-batch `step` as host
   arrays: `image` uint8 `[B_local, H, W, 3]`, `tokens` int32 `[B_local, L]`,
-  `corrupt` bool `[B_local]` (all False for data without the flag) and
-  `index` int64 `[B_local]` (record indices, which align the reference
-  cache). It is a pure function of `(seed, step)`.
+  `corrupt` bool `[B_local]` (all False for data without the flag),
+  `index` int64 `[B_local]` (record indices) and, given a `reference` cache,
+  `reference`: the `selection.Embeddings` of those records (`image`, `text`
+  `[B_local, d]` in the cache's stored dtype, row i the reference's view of
+  record `index[i]`; `temperature`, `bias` float32 scalars), read in the
+  same grain map step as the records, so it is prefetched with them. It is
+  a pure function of `(seed, step)`.
 
   Consecutive calls (`step`, `step + 1`, ...) are served by a grain iterator
   that prefetches `config.data.prefetch` batches ahead in background threads,
@@ -460,9 +451,12 @@ class TrainInput:
   """
 
   def __init__(self, config_data, split_name, batch_size, seed, *,
-               process_index=None, process_count=None):
+               reference=None, process_index=None, process_count=None):
     self.records = open_records(config_data, split_name)
-    _activate(self.records)
+    if reference is not None and reference.count != len(self.records):
+      raise DataError(f"the reference cache holds {reference.count} records, "
+                      f"{self.records.reader.description} has "
+                      f"{len(self.records)}")
     process_index = (jax.process_index() if process_index is None
                      else process_index)
     process_count = (jax.process_count() if process_count is None
@@ -482,6 +476,9 @@ class TrainInput:
         .map(functools.partial(_local_share, start,
                                start + self.local_batch_size))
         .map(self.records.reader.read))
+    if reference is not None:
+      self._dataset = self._dataset.map(
+          functools.partial(_join_reference, reference))
     self._iterator = None
     self._next_step = None  # The step the iterator yields next.
     self._last_step = None
@@ -571,9 +568,6 @@ class Split:
   def __len__(self):
     return len(self.arrays["index"])
 
-  def take(self, indices, keys=("image", "tokens", "corrupt", "index")):
-    return {k: self.arrays[k][indices] for k in keys}
-
 
 def read_ranges(records, ranges, prefetch=1):
   """Iterates over record ranges `[(start, stop), ...]` in the given order,
@@ -606,5 +600,4 @@ def _load_split(frozen_config, split):
 
 def load_split(config_data, split):
   """A whole split in memory (the evaluation probes, small splits)."""
-  _activate(open_records(config_data, split))
   return _load_split(_freeze(config_data), split)

@@ -114,8 +114,9 @@ class StepFunctions:
 
   super_batch: dict of `image` uint8 `[B, H, W, 3]`, `tokens` int32 `[B, L]`,
     `corrupt` bool `[B]`, sharded over `data`.
-  reference: dict of `image`, `text` `[B, d]`, `temperature`, `bias` (None
-    when the selection needs no reference).
+  reference: `selection.Embeddings` of the super-batch's rows in the
+    reference cache (`image`, `text` `[B, d]` in the cache's stored dtype,
+    upcast here; None when the selection needs no reference).
   """
 
   def __init__(self, model, optimizer, config, mesh):
@@ -182,13 +183,21 @@ class StepFunctions:
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics
 
+  @staticmethod
+  def as_float32(embeddings):
+    """Cached reference rows arrive in their stored dtype (e.g. bfloat16);
+    the selection kernel works in float32."""
+    if embeddings is None:
+      return None
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), embeddings)
+
   def step(self, state, super_batch, reference, key):
     select_key, update_key = jax.random.split(key)
     metrics = {}
     sub_batch = super_batch
     if self.selecting:
       learner = self.score(state.params, super_batch)
-      ref = None if reference is None else selection.Embeddings(**reference)
+      ref = self.as_float32(reference)
       indices = self.select(select_key, learner, ref)
       sub_batch = selection.gather_selected(
           super_batch, indices, mesh=self.mesh, axis_name=sharding.DATA_AXIS,
@@ -222,8 +231,8 @@ class StepFunctions:
     data = sharding.data_sharding(self.mesh)
     reference = None
     if config_lib.needs_reference(self.config):
-      reference = dict(image=data, text=data, temperature=replicated,
-                       bias=replicated)
+      reference = selection.Embeddings(image=data, text=data,
+                                       temperature=replicated, bias=replicated)
     return replicated, data, reference
 
   def jit_step(self):
@@ -241,15 +250,16 @@ def global_batches(super_batch, ref_batch, mesh):
   -> global arrays over `mesh` (every process calls it, same step)."""
   super_batch = sharding.put_process_local_batch(super_batch, mesh)
   if ref_batch is not None:
-    rows = dict(image=ref_batch["image"], text=ref_batch["text"])
-    ref_batch = dict(ref_batch, **sharding.put_process_local_batch(rows,
-                                                                   mesh))
+    rows = dict(image=ref_batch.image, text=ref_batch.text)
+    ref_batch = ref_batch._replace(**sharding.put_process_local_batch(rows,
+                                                                      mesh))
   return super_batch, ref_batch
 
 
-def load_reference(config, train_input):
-  """The reference cache for the training data, checked against the data's
-  fingerprint and (if `config.reference.workdir` is set) the checkpoint."""
+def load_reference(config):
+  """The reference cache for the training data (opened, not read), checked
+  against the data's fingerprint and (if `config.reference.workdir` is set)
+  the checkpoint."""
   if not config_lib.needs_reference(config):
     return None
   checkpoint_fingerprint = None
@@ -257,25 +267,22 @@ def load_reference(config, train_input):
     params, _ = restore_params(config.reference.workdir)
     checkpoint_fingerprint = reference_cache.params_fingerprint(params)
   try:
-    return reference_cache.load(
+    records = input_pipeline.open_records(config.data, config.data.split)
+    return reference_cache.open_cache(
         config.reference.cache_dir,
-        dataset_fingerprint=train_input.fingerprint, count=len(train_input),
+        dataset_fingerprint=records.fingerprint, count=len(records),
         checkpoint_fingerprint=checkpoint_fingerprint)
   except reference_cache.CacheError as e:
     raise TrainingError(str(e)) from None
 
 
-def device_batch(train_input, reference, step, mesh):
-  """Step `step`'s super-batch and its reference rows as global arrays:
-  `(super_batch, ref_batch)`; `ref_batch` is None without a reference."""
+def device_batch(train_input, step, mesh):
+  """Step `step`'s super-batch and its reference rows (joined by the input
+  pipeline) as global arrays: `(super_batch, ref_batch)`; `ref_batch` is
+  None without a reference."""
   super_batch = train_input.batch(step - 1)
-  record_indices = super_batch.pop("index")
-  ref_batch = None
-  if reference is not None:
-    ref_image, ref_text = reference.take(record_indices)
-    ref_batch = dict(image=ref_image, text=ref_text,
-                     temperature=np.float32(reference.temperature),
-                     bias=np.float32(reference.bias))
+  super_batch.pop("index")
+  ref_batch = super_batch.pop("reference", None)
   return global_batches(super_batch, ref_batch, mesh)
 
 
@@ -383,9 +390,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # data and reference embeddings
   super_batch_size = config_lib.super_batch_size(config)
+  reference = load_reference(config)
   train_input = input_pipeline.TrainInput(config.data, config.data.split,
-                                          super_batch_size, config.seed)
-  reference = load_reference(config, train_input)
+                                          super_batch_size, config.seed,
+                                          reference=reference)
   tokenizer = input_pipeline.tokenizer(config.data)
 
   # model, optimiser, checkpoint / resume
@@ -408,7 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     last_step = min(last_step, stop_after)
   flops, train_step = {}, None
   if start_step < last_step:
-    first_batch = device_batch(train_input, reference, start_step + 1, mesh)
+    first_batch = device_batch(train_input, start_step + 1, mesh)
     train_step, flops = compile_step(
         functions, state, *first_batch,
         jax.random.fold_in(base_key, start_step + 1), reference)
@@ -425,7 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   for step in range(start_step + 1, last_step + 1):
     super_batch, ref_batch = (
         first_batch if step == start_step + 1
-        else device_batch(train_input, reference, step, mesh))
+        else device_batch(train_input, step, mesh))
     state, step_metrics = train_step(state, super_batch, ref_batch,
                                      jax.random.fold_in(base_key, step))
 

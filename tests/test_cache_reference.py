@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -16,12 +17,6 @@ from jest_jax import reference_cache
 from jest_jax import train
 
 N_TRAIN = 250
-
-
-@pytest.fixture(autouse=True)
-def _restore_active_tokenizer():
-  yield
-  input_pipeline._active_tokenizer = None  # pylint: disable=protected-access
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +62,11 @@ def test_interrupted_build_resumes_and_equals_direct_inference(
   image, text, fingerprint = direct_embeddings(reference_run)
   assert manifest["count"] == N_TRAIN and manifest["chunks"] == 3
   assert manifest["checkpoint_step"] == 7 and manifest["build_flops"] > 0
-  cache = reference_cache.load(output, dataset_fingerprint=fingerprint,
-                               count=N_TRAIN)
-  np.testing.assert_allclose(cache.image, image, atol=1e-5)
-  np.testing.assert_allclose(cache.text, text, atol=1e-5)
+  cache = reference_cache.open_cache(output, dataset_fingerprint=fingerprint,
+                                     count=N_TRAIN)
+  rows = cache.read(np.arange(N_TRAIN))
+  np.testing.assert_allclose(rows.image, image, atol=1e-5)
+  np.testing.assert_allclose(rows.text, text, atol=1e-5)
   params = reference_run[3]
   assert cache.temperature == pytest.approx(float(np.exp(params["t"][0])))
   assert cache.bias == pytest.approx(float(params["b"][0]))
@@ -80,13 +76,18 @@ def test_sharded_build_equals_one_process_build(reference_run, tmp_path):
   workdir = reference_run[0]
   whole = str(tmp_path / "whole")
   sharded = str(tmp_path / "sharded")
-  cache_reference.build_cache(workdir, output=whole, chunk_size=64)
+  cache_reference.build_cache(workdir, output=whole, chunk_size=64,
+                              shard_bytes=4096)
   results = [cache_reference.build_cache(workdir, output=sharded,
                                          chunk_size=64, shard_index=i,
-                                         num_shards=3)[1] for i in range(3)]
+                                         num_shards=3, shard_bytes=4096)[1]
+             for i in range(3)]
   assert results[0] is None and results[1] is None
   assert results[2]["shards"] == 3
-  for name in ("image.npy", "text.npy"):
+  shards = [f for f in sorted(os.listdir(whole)) if f.endswith(".npy")]
+  assert len(shards) > 3  # Chunks of 64 records span shard files.
+  assert shards == sorted(f for f in os.listdir(sharded) if f.endswith(".npy"))
+  for name in shards:
     np.testing.assert_array_equal(np.load(os.path.join(whole, name)),
                                   np.load(os.path.join(sharded, name)))
 
@@ -98,12 +99,13 @@ def test_bfloat16_cache_matches_float32_cache(reference_run, tmp_path):
                               dtype="bfloat16")
   with open(tmp_path / "bf16" / "manifest.json") as f:
     manifest = json.load(f)
-  load = lambda name: reference_cache.load(
+  load = lambda name: reference_cache.open_cache(
       str(tmp_path / name), dataset_fingerprint=manifest[
-          "dataset_fingerprint"], count=N_TRAIN)
+          "dataset_fingerprint"], count=N_TRAIN).read(np.arange(N_TRAIN))
   assert manifest["dtype"] == "bfloat16"
-  np.testing.assert_allclose(load("bf16").image, load("f32").image,
-                             atol=1e-2)
+  assert load("bf16").image.dtype == ml_dtypes.bfloat16
+  np.testing.assert_allclose(load("bf16").image.astype(np.float32),
+                             load("f32").image, atol=1e-2)
 
 
 def test_data_the_checkpoint_cannot_embed_is_one_clear_error(reference_run,

@@ -22,12 +22,6 @@ from jest_jax.data import tokenizer as tokenizer_lib
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def _restore_active_tokenizer():
-  yield
-  input_pipeline._active_tokenizer = None  # pylint: disable=protected-access
-
-
 def make_folder(root, n=24):
   """JPEG and PNG images of several sizes and modes (all smaller than twice
   SIZE, so JPEG draft decoding does not apply), captions in JSONL."""

@@ -5,24 +5,22 @@ in-memory corpus (`corpus.make_split`) indexed by the returned record
 indices; the twin of the order is "every epoch is a permutation".
 """
 
+import jax
 import ml_collections
+import ml_dtypes
 import numpy as np
 import pytest
 
 from jest_jax import config_lib
 from jest_jax import input_pipeline
+from jest_jax import reference_cache
+from jest_jax import selection
+from jest_jax import sharding
+from jest_jax import train
 from jest_jax.data import corpus
 from jest_jax.data import tokenizer as tokenizer_lib
 
 N_TRAIN = 200
-
-
-@pytest.fixture(autouse=True)
-def _restore_active_tokenizer():
-  """`tokenizer()` without arguments follows the last data opened; keep
-  other test modules in this process on the built-in default."""
-  yield
-  input_pipeline._active_tokenizer = None  # pylint: disable=protected-access
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +43,25 @@ def with_changes(config_data, **changes):
 # ---------------------------------------------------------------- order --
 
 
+def _step_indices(seed, step, batch_size, num_records):
+  return input_pipeline.index_stream(seed, num_records, batch_size)[step]
+
+
 def test_step_indices_are_deterministic():
-  a = input_pipeline.step_indices(3, 7, 32, 100)
-  b = input_pipeline.step_indices(3, 7, 32, 100)
+  a = _step_indices(3, 7, 32, 100)
+  b = _step_indices(3, 7, 32, 100)
   np.testing.assert_array_equal(a, b)
 
 
 def test_different_seeds_give_different_orders():
-  a = input_pipeline.step_indices(0, 0, 32, 1000)
-  b = input_pipeline.step_indices(1, 0, 32, 1000)
+  a = _step_indices(0, 0, 32, 1000)
+  b = _step_indices(1, 0, 32, 1000)
   assert not np.array_equal(a, b)
 
 
 def test_each_epoch_visits_every_example_once_in_a_new_order():
   n, batch = 100, 10
-  epochs = [np.concatenate([input_pipeline.step_indices(5, s, batch, n)
+  epochs = [np.concatenate([_step_indices(5, s, batch, n)
                             for s in range(e * 10, (e + 1) * 10)])
             for e in range(2)]
   for epoch in epochs:
@@ -69,11 +71,11 @@ def test_each_epoch_visits_every_example_once_in_a_new_order():
 
 def test_batches_straddling_epochs_continue_the_stream():
   n, batch = 10, 4  # Step 2 reads positions 8..11: two of epoch 0, two of 1.
-  stream = np.concatenate([input_pipeline.step_indices(0, s, batch, n)
+  stream = np.concatenate([_step_indices(0, s, batch, n)
                            for s in range(5)])
   np.testing.assert_array_equal(np.sort(stream[:10]), np.arange(10))
   np.testing.assert_array_equal(np.sort(stream[10:20]), np.arange(10))
-  np.testing.assert_array_equal(input_pipeline.step_indices(0, 2, batch, n),
+  np.testing.assert_array_equal(_step_indices(0, 2, batch, n),
                                 stream[8:12])
 
 
@@ -86,7 +88,7 @@ def test_batch_equals_the_in_memory_corpus_at_its_record_indices(config_data):
   assert set(batch) == {"image", "tokens", "corrupt", "index"}
   assert batch["image"].dtype == np.uint8 and batch["tokens"].dtype == np.int32
   np.testing.assert_array_equal(
-      batch["index"], input_pipeline.step_indices(0, 3, 32, N_TRAIN))
+      batch["index"], _step_indices(0, 3, 32, N_TRAIN))
   twin = corpus.make_split(input_pipeline.corpus_config(config_data), "train")
   index = batch["index"]
   np.testing.assert_array_equal(batch["image"], twin["image"][index])
@@ -146,7 +148,12 @@ def test_fingerprint_follows_the_records_and_preprocessing(config_data):
 def _assert_batches_equal(a, b):
   assert a.keys() == b.keys()
   for key in a:
-    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    if key == "reference":
+      for field in selection.Embeddings._fields:
+        np.testing.assert_array_equal(getattr(a[key], field),
+                                      getattr(b[key], field), err_msg=field)
+    else:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_resumed_iteration_equals_uninterrupted_iteration(config_data):
@@ -182,10 +189,15 @@ def test_process_shards_are_disjoint_and_complete(config_data):
                                 np.arange(N_TRAIN))
 
 
-def test_worker_processes_give_the_same_batches(config_data):
-  in_process = input_pipeline.TrainInput(config_data, "train", 32, seed=0)
+def test_worker_processes_give_the_same_batches(config_data, tmp_path):
+  """Also with the reference rows: the opened cache travels to the workers
+  by pickle."""
+  cache, _, _ = _cache_for(config_data, tmp_path / "cache", "float16")
+  in_process = input_pipeline.TrainInput(config_data, "train", 32, seed=0,
+                                         reference=cache)
   workers = input_pipeline.TrainInput(
-      with_changes(config_data, num_workers=2), "train", 32, seed=0)
+      with_changes(config_data, num_workers=2), "train", 32, seed=0,
+      reference=cache)
   batches = workers.batches(4)
   for step in range(4, 7):
     _assert_batches_equal(next(batches), in_process.batch(step))
@@ -203,3 +215,125 @@ def test_config_validation_names_the_bad_data_key(key, value, message):
   config.data[key] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(config)
+
+
+# ------------------------------------------------------ reference rows --
+
+
+def _cache_for(config_data, path, dtype, shard_bytes=2000):
+  """A cache of random embeddings for `config_data`'s train split; returns
+  it opened and its rows in the stored dtype (the slow twin)."""
+  records = input_pipeline.open_records(config_data, "train")
+  rng = np.random.default_rng(0)
+  image, text = rng.normal(size=(2, len(records), 8)).astype(np.float32)
+  reference_cache.write(
+      str(path), image, text, temperature=10.0, bias=-5.0,
+      dataset_fingerprint=records.fingerprint, checkpoint_fingerprint="c",
+      checkpoint_step=1, model_description={}, dtype=dtype,
+      shard_bytes=shard_bytes)
+  cache = reference_cache.open_cache(
+      str(path), dataset_fingerprint=records.fingerprint, count=len(records))
+  stored = cache.dtype
+  return cache, image.astype(stored), text.astype(stored)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batch_carries_the_reference_rows_of_its_records(config_data,
+                                                         tmp_path, dtype):
+  cache, image, text = _cache_for(config_data, tmp_path / "cache", dtype)
+  train_input = input_pipeline.TrainInput(config_data, "train", 48, seed=3,
+                                          reference=cache)
+  for step in (0, 1, 2, 9):  # Direct reads, then the prefetching iterator.
+    batch = train_input.batch(step)
+    ref = batch["reference"]
+    assert isinstance(ref, selection.Embeddings)
+    assert ref.image.dtype == image.dtype and ref.image.shape == (48, 8)
+    np.testing.assert_array_equal(ref.image, image[batch["index"]])
+    np.testing.assert_array_equal(ref.text, text[batch["index"]])
+    assert (ref.temperature, ref.bias) == (np.float32(10), np.float32(-5))
+    assert ref.temperature.dtype == np.float32
+  train_input.close()
+
+
+def test_reference_rows_follow_bad_record_substitution(config_data, tmp_path):
+  """Long captions made bad: the replaced records' reference rows are the
+  replacements', not the originals'."""
+  data = with_changes(config_data, max_tokens=9, long_captions="bad")
+  records = input_pipeline.open_records(data, "train")
+  rng = np.random.default_rng(0)
+  image, text = rng.normal(size=(2, len(records), 8)).astype(np.float32)
+  reference_cache.write(
+      str(tmp_path / "cache"), image, text, temperature=1.0, bias=0.0,
+      dataset_fingerprint=records.fingerprint, checkpoint_fingerprint="c",
+      checkpoint_step=1, model_description={})
+  cache = reference_cache.open_cache(str(tmp_path / "cache"),
+                                     dataset_fingerprint=records.fingerprint,
+                                     count=len(records))
+  train_input = input_pipeline.TrainInput(data, "train", 64, seed=0,
+                                          reference=cache)
+  batch = train_input.batch(0)
+  drawn = _step_indices(0, 0, 64, N_TRAIN)
+  assert train_input.bad_records > 0
+  assert not np.array_equal(batch["index"], drawn)
+  np.testing.assert_array_equal(batch["reference"].image,
+                                image[batch["index"]])
+
+
+def test_each_process_reads_only_the_reference_rows_of_its_block(
+    config_data, tmp_path):
+  cache, image, _ = _cache_for(config_data, tmp_path / "cache", "float32")
+  requested = []
+
+  class Recording(reference_cache.ReferenceCache):
+    def read(self, indices):
+      requested.append(np.array(indices))
+      return super().read(indices)
+  recording = Recording(cache.cache_dir, cache.manifest)
+  blocks = []
+  for process in range(2):
+    train_input = input_pipeline.TrainInput(
+        config_data, "train", 40, seed=2, reference=recording,
+        process_index=process, process_count=2)
+    requested.clear()
+    batch = train_input.batch(4)
+    np.testing.assert_array_equal(np.concatenate(requested), batch["index"])
+    np.testing.assert_array_equal(batch["reference"].image,
+                                  image[batch["index"]])
+    blocks.append(batch["index"])
+  np.testing.assert_array_equal(np.concatenate(blocks),
+                                _step_indices(2, 4, 40, N_TRAIN))
+
+
+def test_a_cache_of_another_size_is_refused(config_data, tmp_path):
+  other = with_changes(config_data, n_train=N_TRAIN + 8)
+  cache, _, _ = _cache_for(other, tmp_path / "cache", "float32")
+  with pytest.raises(input_pipeline.DataError, match="holds 208 records"):
+    input_pipeline.TrainInput(config_data, "train", 40, seed=0,
+                              reference=cache)
+
+
+def test_stored_dtype_reaches_the_device_unconverted(config_data, tmp_path):
+  cache, image, _ = _cache_for(config_data, tmp_path / "cache", "bfloat16")
+  batch = input_pipeline.TrainInput(config_data, "train", 32, seed=0,
+                                    reference=cache).batch(0)
+  mesh = sharding.make_mesh()
+  rows = {k: batch[k] for k in ("image", "tokens", "corrupt")}
+  _, ref = train.global_batches(rows, batch["reference"], mesh)
+  assert isinstance(ref, selection.Embeddings)
+  assert ref.image.dtype == ml_dtypes.bfloat16 == ref.text.dtype
+  assert isinstance(ref.image, jax.Array) and ref.image.shape == (32, 8)
+  np.testing.assert_array_equal(np.asarray(ref.image), image[batch["index"]])
+
+
+def test_long_caption_policy_applies_to_training_data_not_the_probes(
+    config_data):
+  """max_tokens=9 makes every retrieval probe caption "long"."""
+  strict = with_changes(config_data, max_tokens=9, long_captions="bad",
+                        bad_records="error")
+  split = input_pipeline.load_split(strict, "retrieval")
+  assert split.bad_records == 0 and len(split) == 32
+  assert np.all(split.arrays["tokens"][:, -1] != 0)  # Truncated, not bad.
+  with pytest.raises(input_pipeline.DataError) as error:
+    input_pipeline.TrainInput(strict, "train", 64, seed=0).batch(0)
+  assert "needs" in str(error.value) and "max_tokens=9" in str(error.value)
+  assert "\n" not in str(error.value)

@@ -96,8 +96,10 @@ def test_cache_equals_direct_reference_inference(reference_run):
       {"params": params},
       evaluate.preprocess_images(split.arrays["image"][:16]),
       split.arrays["tokens"][:16])
-  image = np.load(os.path.join(cache_dir, "image.npy"))
-  text = np.load(os.path.join(cache_dir, "text.npy"))
+  from jest_jax import reference_cache
+  image, text, _, _ = reference_cache.open_cache(
+      cache_dir, dataset_fingerprint=split.fingerprint,
+      count=len(split)).read(np.arange(16))
   np.testing.assert_allclose(image[:16], zimg, atol=1e-5)
   np.testing.assert_allclose(text[:16], ztxt, atol=1e-5)
   del sharding
@@ -222,7 +224,7 @@ def oracle_cache(reference_run, tmp_path_factory):
       output, image, text, temperature=20.0, bias=-10.0,
       dataset_fingerprint=manifest["dataset_fingerprint"],
       checkpoint_fingerprint="oracle", checkpoint_step=0,
-      model_description={"oracle": True})
+      model_description={"oracle": True}, shard_bytes=64 << 10)
   return output, float(np.mean(corrupt))
 
 
@@ -276,16 +278,13 @@ def test_step_trains_on_what_selection_picks_from_the_batch_own_cache_rows(
       config.data, config.data.split, config_lib.super_batch_size(config),
       config.seed)
   super_batch = train_input.batch(0)
-  cache = reference_cache.load(config.reference.cache_dir,
-                               dataset_fingerprint=train_input.fingerprint,
-                               count=len(train_input))
+  cache = reference_cache.open_cache(
+      config.reference.cache_dir,
+      dataset_fingerprint=train_input.fingerprint, count=len(train_input))
   image_shape = train_input.image_shape
   train_input.close()
   rows = np.asarray(super_batch.pop("index"))
-  reference = selection.Embeddings(
-      image=cache.image[rows], text=cache.text[rows],
-      temperature=np.float32(cache.temperature),
-      bias=np.float32(cache.bias))
+  reference = train.StepFunctions.as_float32(cache.read(rows))
   mesh = sharding.make_mesh(1)
   model = train.build_model(
       config, input_pipeline.tokenizer(config.data).vocab_size)

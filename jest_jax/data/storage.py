@@ -18,6 +18,7 @@ import io
 import os
 
 from absl import logging
+from etils import epath
 
 import jest_jax
 
@@ -42,21 +43,46 @@ def resolve_data_dir(data_dir):
 
 @contextlib.contextmanager
 def file_lock(path):
-  """An exclusive lock on `path` (created if missing) for the block."""
+  """An exclusive lock for the block, on the local file `path`.
+
+  The file exists only while the lock is held: the holder removes it before
+  releasing, and a process that was waiting on the removed file sees that
+  `path` is no longer the file it locked and tries again.
+  """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
+  while True:
+    f = open(path, "a")  # pylint: disable=consider-using-with
     try:
-      yield
+      fcntl.flock(f, fcntl.LOCK_EX)
+      try:
+        same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+    except BaseException:
+      f.close()
+      raise
+    f.close()
+  try:
+    yield
+  finally:
+    try:
+      os.remove(path)
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+      f.close()
 
 
 def write_bytes_atomically(path, data):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  """Writes the bytes `data` to a temporary file beside `path` and renames
+  it to `path` (local or `gs://...`, through `etils.epath`), so `path` is
+  never seen half-written (an object store copies the temporary object,
+  which is as whole)."""
+  path = epath.Path(path)
+  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+  tmp.write_bytes(data)
+  tmp.replace(path)
 
 
 def prepare(builder, write_extras=None):
