@@ -1,6 +1,6 @@
 """Tests of jest_jax.selection on one device, against plain NumPy twins.
 
-The NumPy functions below implement SPEC §1 literally (a B x B score matrix,
+The NumPy functions below implement docs/design.md §1 literally (a B x B score matrix,
 one chunk at a time, argsort of noisy logits) and are fed the exact Gumbel
 noise the kernel uses (`gumbel(fold_in(key, step), (B,))`), so indices must
 agree exactly (float ties aside, which these sizes do not produce).
@@ -60,7 +60,7 @@ def _terms(scoring, learner, reference, gain):
 
 
 def np_score_matrix(learner, reference, scoring, gain):
-  """SPEC §1: s = weighted L_ij = -log_sigmoid(z_ij (t <x_i, y_j> + b))."""
+  """docs/design.md §1: s = weighted L_ij = -log_sigmoid(z_ij (t <x_i, y_j> + b))."""
   total = 0.0
   for weight, emb in _terms(scoring, learner, reference, gain):
     image, text, temperature, bias = _np(emb)
@@ -98,7 +98,7 @@ def _top(key, step, logits, selected, count):
 def np_joint_select(key, learner, reference, *, sub_batch_size, n_chunks,
                     scoring="learnability", gain=1.0, loss="sigmoid",
                     refine_sweeps=0):
-  """SPEC §1 joint sampling (+ annealed blocked-Gibbs refinement), stepwise."""
+  """Joint sampling (+ annealed blocked Gibbs, best batch kept), stepwise."""
   size = learner.image.shape[0] if learner is not None else (
       reference.image.shape[0])
   chunk = sub_batch_size // n_chunks
@@ -126,6 +126,9 @@ def np_joint_select(key, learner, reference, *, sub_batch_size, n_chunks,
              scores[chosen, :].sum(axis=0) -
              np.where(selected, 2.0 * np.diagonal(scores), 0.0))
     start = min(1.0, 1.0 / np.std(gains))
+  batch = lambda: scores[np.ix_(np.concatenate(chunks),
+                                 np.concatenate(chunks))].sum()
+  best, best_chunks = (batch(), list(chunks)) if n_steps else (None, chunks)
   for step in range(n_steps):
     # Annealed: the gain factor rises geometrically from `start` to 1.
     scale = start ** ((n_steps - 1 - step) / max(n_steps - 1, 1))
@@ -134,6 +137,10 @@ def np_joint_select(key, learner, reference, *, sub_batch_size, n_chunks,
     chunks[slot] = _top(key, n_chunks + step, scale * logits(selected),
                         selected, chunk)
     selected[chunks[slot]] = True
+    # The best batch seen is kept (a margin below rounding, as the kernel).
+    if batch() > best + 1e-6 * abs(best):
+      best, best_chunks = batch(), list(chunks)
+  chunks = best_chunks
   return np.concatenate(chunks)
 
 

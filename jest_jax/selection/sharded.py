@@ -18,6 +18,7 @@ examples there.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,27 +48,18 @@ def _check(learner, reference, *, mesh, axis_name, scope, sub_batch_size,
   """Global-shape checks; returns (B, number of shards)."""
   if scope not in SCOPES:
     raise ValueError(f"scope={scope!r}: use one of {SCOPES}")
-  if method not in core.METHODS:
-    raise ValueError(f"method={method!r}: use one of {core.METHODS}")
   shards = _axis_size(mesh, axis_name)
-  if method == "uniform":
-    given = learner if learner is not None else reference
-    if given is None:
-      raise ValueError("method='uniform' takes B from the embeddings; pass "
-                       "learner or reference")
-    size = core._check_embeddings("embeddings", given)
-  else:
-    size = core._check_common(learner, reference, scoring=scoring, loss=loss)
-  core._check_sub_batch_size(sub_batch_size, size)
+  size = core.check_models(learner, reference, method=method, scoring=scoring,
+                           loss=loss)
+  sizes = dict(method=method, n_chunks=n_chunks, refine_sweeps=refine_sweeps,
+               loss=loss)
+  core.check_sizes(size, sub_batch_size, **sizes)
   if size % shards or sub_batch_size % shards:
     raise ValueError(
         f"B={size} and sub_batch_size={sub_batch_size} must both be divisible "
         f"by the {shards} shards of mesh axis {axis_name!r} (balanced shards)")
-  if method == "joint":
-    per_selection = sub_batch_size // shards if scope == "local" else (
-        sub_batch_size)
-    core._check_chunks(per_selection, n_chunks)
-    core._check_refine(refine_sweeps, loss)
+  if scope == "local":
+    core.check_sizes(size // shards, sub_batch_size // shards, **sizes)
   return size, shards
 
 
@@ -108,7 +100,8 @@ def sharded_select(key, learner, reference, *, mesh, axis_name="data",
   run = _selector(mesh, axis_name, scope, tuple(models), shards=shards,
                   super_batch_size=size, sub_batch_size=int(sub_batch_size),
                   method=method, scoring=scoring, n_chunks=int(n_chunks),
-                  loss=loss, refine_sweeps=int(refine_sweeps))
+                  loss=loss, refine_sweeps=int(refine_sweeps),
+                  block_size=core.DEFAULT_BLOCK_SIZE)
   return run(key, models, jnp.asarray(gain, jnp.float32))
 
 
@@ -129,61 +122,49 @@ def _selector(mesh, axis_name, scope, model_names, **static):
 
 
 def _local_body(key, models, gain, *, axis_name, shards, super_batch_size,
-                sub_batch_size, method, scoring, n_chunks, loss,
-                refine_sweeps):
+                sub_batch_size, **static):
   shard = jax.lax.axis_index(axis_name)
-  local = core.select(
+  n_local = super_batch_size // shards
+  local = core.draw(
       jax.random.fold_in(key, shard), models.get("learner"),
-      models.get("reference"), sub_batch_size=sub_batch_size // shards,
-      method=method, scoring=scoring, gain=gain, n_chunks=n_chunks, loss=loss,
-      refine_sweeps=refine_sweeps)
-  return local + (shard * (super_batch_size // shards)).astype(jnp.int32)
+      models.get("reference"), gain, layout=core.OneDevice(n_local),
+      sub_batch_size=sub_batch_size // shards, **static)
+  return local + (shard * n_local).astype(jnp.int32)
+
+
+class _Shard(NamedTuple):
+  """A layout for `core.draw`: this device holds rows `[r n, (r + 1) n)`."""
+  n_rows: int
+  axis_name: str
+  shards: int
+
+  def to_global(self, values):
+    return jax.lax.all_gather(values, self.axis_name, tiled=True)
+
+  def partners(self, models, indices):
+    # Each row lives on one shard; the others add exact zeros.
+    n_local = self.n_rows // self.shards
+    local = indices - jax.lax.axis_index(self.axis_name) * n_local
+    owned = (local >= 0) & (local < n_local)
+    partners = core.partner_rows(models, jnp.clip(local, 0, n_local - 1))
+    return jax.lax.psum(
+        tuple(jnp.where(owned[None, :, None], p, 0.0) for p in partners),
+        self.axis_name)
+
+  def everyone(self, models):
+    return tuple(m._replace(pairs=jax.lax.all_gather(
+        m.pairs, self.axis_name, axis=1, tiled=True)) for m in models)
 
 
 def _global_body(key, models, gain, *, axis_name, shards, super_batch_size,
-                 sub_batch_size, method, scoring, n_chunks, loss,
-                 refine_sweeps):
-  shard = jax.lax.axis_index(axis_name)
-  n_local = super_batch_size // shards
-  to_global = lambda local: jax.lax.all_gather(local, axis_name, tiled=True)
-  learner, reference = models.get("learner"), models.get("reference")
-  if method == "uniform":
-    indices = core.uniform_select(key, super_batch_size, sub_batch_size)
-  else:
-    rows = core._scoring_rows(learner, reference, scoring, gain)
-    if method == "joint":
-      def gather_chunk(indices):
-        # Each chunk row lives on one shard; the others add exact zeros.
-        local = indices - shard * n_local
-        owned = (local >= 0) & (local < n_local)
-        partners = core._chunk_rows(rows, jnp.clip(local, 0, n_local - 1))
-        return jax.lax.psum(
-            tuple(jnp.where(owned[None, :, None], p, 0.0) for p in partners),
-            axis_name)
-
-      indices = core._chunked_pass(
-          key, core._kernel(rows, loss), n_rows=super_batch_size,
-          chunk_size=sub_batch_size // n_chunks, n_chunks=n_chunks,
-          refine_sweeps=refine_sweeps, gather_chunk=gather_chunk,
-          to_global=to_global)
-    else:
-      if loss == "sigmoid":
-        scores = core._diagonal_scores(rows, loss)
-      else:
-        # Softmax scores an example against the whole super-batch.
-        everyone = tuple(r._replace(pairs=jax.lax.all_gather(
-            r.pairs, axis_name, axis=1, tiled=True)) for r in rows)
-        scores = core._scores_against_set(
-            rows, everyone, loss, core.DEFAULT_BLOCK_SIZE)
-      scores = to_global(scores)
-      if method == "independent_topk":
-        indices = jax.lax.top_k(scores, sub_batch_size)[1]
-      else:
-        indices = core._gumbel_top(
-            key, 0, scores, jnp.zeros(scores.shape, bool), sub_batch_size)[0]
+                 sub_batch_size, **static):
+  indices = core.draw(
+      key, models.get("learner"), models.get("reference"), gain,
+      layout=_Shard(super_batch_size, axis_name, shards),
+      sub_batch_size=sub_batch_size, **static)
   per_shard = sub_batch_size // shards
-  return jax.lax.dynamic_slice(indices.astype(jnp.int32),
-                               (shard * per_shard,), (per_shard,))
+  shard = jax.lax.axis_index(axis_name)
+  return jax.lax.dynamic_slice(indices, (shard * per_shard,), (per_shard,))
 
 
 def gather_selected(super_batch, indices, *, mesh, axis_name="data",
