@@ -149,7 +149,10 @@ def run_point(size, ratio, dim, n_chunks, *, refine_sweeps=0,
 
   seconds, outputs = _time_interleaved(calls)
   row["free_s"], matmul_s = seconds[:2]
-  updates = (n_chunks - 1) + refine_sweeps * 2 * n_chunks
+  # A refinement step redraws one chunk: one block (removal subtracts a
+  # cached share).
+  updates = n_chunks + refine_sweeps * n_chunks if refine_sweeps else (
+      n_chunks - 1)
   row["free_gflop"] = 8 * size * dim * chunk * updates / 1e9
   row["free_gflops"] = row["free_gflop"] / row["free_s"]
   row["matmul_gflops"] = 2 * 2 * size * dim * chunk / matmul_s / 1e9

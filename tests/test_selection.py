@@ -98,7 +98,7 @@ def _top(key, step, logits, selected, count):
 def np_joint_select(key, learner, reference, *, sub_batch_size, n_chunks,
                     scoring="learnability", gain=1.0, loss="sigmoid",
                     refine_sweeps=0):
-  """docs/design.md §1 joint sampling (+ annealed blocked-Gibbs refinement), stepwise."""
+  """Joint sampling (+ annealed blocked Gibbs, best batch kept), stepwise."""
   size = learner.image.shape[0] if learner is not None else (
       reference.image.shape[0])
   chunk = sub_batch_size // n_chunks
@@ -126,6 +126,9 @@ def np_joint_select(key, learner, reference, *, sub_batch_size, n_chunks,
              scores[chosen, :].sum(axis=0) -
              np.where(selected, 2.0 * np.diagonal(scores), 0.0))
     start = min(1.0, 1.0 / np.std(gains))
+  batch = lambda: scores[np.ix_(np.concatenate(chunks),
+                                 np.concatenate(chunks))].sum()
+  best, best_chunks = (batch(), list(chunks)) if n_steps else (None, chunks)
   for step in range(n_steps):
     # Annealed: the gain factor rises geometrically from `start` to 1.
     scale = start ** ((n_steps - 1 - step) / max(n_steps - 1, 1))
@@ -134,6 +137,10 @@ def np_joint_select(key, learner, reference, *, sub_batch_size, n_chunks,
     chunks[slot] = _top(key, n_chunks + step, scale * logits(selected),
                         selected, chunk)
     selected[chunks[slot]] = True
+    # The best batch seen is kept (a margin below rounding, as the kernel).
+    if batch() > best + 1e-6 * abs(best):
+      best, best_chunks = batch(), list(chunks)
+  chunks = best_chunks
   return np.concatenate(chunks)
 
 

@@ -53,12 +53,13 @@ LOSSES = ("sigmoid", "softmax")
 METHODS = ("joint", "independent_topk", "independent_sample", "uniform")
 INDEPENDENT_MODES = ("topk", "sample")
 
-# gain is the inverse temperature of the sampling distribution. With gain = 1
-# a sub-batch is drawn with odds exp(sum of L_learner - L_reference), which for
-# sigmoid's per-pair log-likelihoods is the likelihood ratio
-# p_reference(labels) / p_learner(labels): the natural, unit-free scale.
-# Larger gains approach a greedy top-c per chunk (the paper's listing uses
-# 100); benchmarks/selection_quality.py measures both.
+# gain is the inverse temperature of the sampling distribution. The kernel's
+# default, 1, is the unit-free scale: a sub-batch is drawn with odds
+# exp(sum of L_learner - L_reference), for sigmoid's per-pair log-likelihoods
+# the likelihood ratio p_reference(labels) / p_learner(labels). Larger gains
+# approach a greedy top-c per chunk (the paper's listing uses 100). A trainer
+# picks its own (jest_jax's config sets `selection.gain`); the README's
+# methods table gives what each gain measured on the built-in corpus.
 DEFAULT_GAIN = 1.0
 DEFAULT_N_CHUNKS = 16
 # Rows per block where a sub-batch is scored against a whole set.
@@ -84,7 +85,7 @@ class Embeddings(NamedTuple):
   bias: jax.Array
 
 
-class _ModelRows(NamedTuple):
+class ModelRows(NamedTuple):
   """One scoring model's rows, laid out for the chunk updates.
 
   `pairs[0]` is `temperature * image` and `pairs[1]` is `text`, so that
@@ -134,7 +135,7 @@ def _check_embeddings(name, emb):
   return image_shape[0]
 
 
-def _models_for(scoring, learner, reference):
+def scoring_terms(scoring, learner, reference):
   """The (name, embeddings, sign) terms of a scoring rule."""
   if scoring not in SCORINGS:
     raise ValueError(f"scoring={scoring!r}: use one of {SCORINGS}")
@@ -157,7 +158,7 @@ def _check_common(learner, reference, *, scoring, loss):
   """Checks shared by every scored selection; returns the super-batch size."""
   if loss not in LOSSES:
     raise ValueError(f"loss={loss!r}: use one of {LOSSES}")
-  terms = _models_for(scoring, learner, reference)
+  terms = scoring_terms(scoring, learner, reference)
   sizes = {}
   for name, emb, _ in terms:
     _embeddings_fields(name, emb)
@@ -259,7 +260,7 @@ def _model_rows(emb, weight):
   temperature = jnp.asarray(emb.temperature, jnp.float32)
   scaled_image = temperature * jnp.asarray(emb.image, jnp.float32)
   text = jnp.asarray(emb.text, jnp.float32)
-  return _ModelRows(
+  return ModelRows(
       pairs=jnp.stack([scaled_image, text]),
       diagonal=jnp.sum(scaled_image * text, axis=-1),
       bias=jnp.asarray(emb.bias, jnp.float32),
@@ -269,7 +270,7 @@ def _model_rows(emb, weight):
 def _scoring_rows(learner, reference, scoring, gain):
   gain = jnp.asarray(gain, jnp.float32)
   return tuple(_model_rows(emb, sign * gain)
-               for _, emb, sign in _models_for(scoring, learner, reference))
+               for _, emb, sign in scoring_terms(scoring, learner, reference))
 
 
 def _diagonal_scores(models, loss):
@@ -281,7 +282,7 @@ def _diagonal_scores(models, loss):
   return sum(m.weight * _softplus(-(m.diagonal + m.bias)) for m in models)
 
 
-def _chunk_rows(models, indices):
+def partner_rows(models, indices):
   """The partners of a chunk: `[2, c, d]` (text_J, temperature * image_J)."""
   return tuple(jnp.take(m.pairs[::-1], indices, axis=1) for m in models)
 
@@ -292,7 +293,7 @@ def _block_dots(model, chunk):
 
 
 class _SigmoidKernel:
-  """Running sums `acc_i = sum_{k in S} (s_ik + s_ki)` (docs/design.md §1, equation 2)."""
+  """Running sums `acc_i = sum_{k in S} (s_ik + s_ki)` (docs/design.md §1)."""
 
   def __init__(self, models):
     self.models = models
@@ -309,13 +310,17 @@ class _SigmoidKernel:
     return sum(2.0 * m.weight * _softplus(m.diagonal + m.bias)
                for m in self.models)
 
-  def update(self, acc, chunks, sign=1.0):
-    contribution = 0.0
+  def contribution(self, chunks):
+    """`[n]` what a chunk's partner rows add to every row's running sum."""
+    total = 0.0
     for model, chunk in zip(self.models, chunks):
       # Off-diagonal pairs have z = -1: L = -log_sigmoid(-logit) = softplus.
       pair_losses = _softplus(_block_dots(model, chunk) + model.bias)
-      contribution += model.weight * jnp.sum(pair_losses, axis=(0, 2))
-    return acc + sign * contribution
+      total += model.weight * jnp.sum(pair_losses, axis=(0, 2))
+    return total
+
+  def update(self, acc, chunks):
+    return acc + self.contribution(chunks)
 
 
 class _SoftmaxKernel:
@@ -349,8 +354,7 @@ class _SoftmaxKernel:
       total += model.weight * example_loss
     return total
 
-  def update(self, lses, chunks, sign=1.0):
-    del sign  # Only additions (refinement is sigmoid-only).
+  def update(self, lses, chunks):
     return tuple(
         jnp.logaddexp(lse, jax.nn.logsumexp(_block_dots(model, chunk), axis=2))
         for model, lse, chunk in zip(self.models, lses, chunks))
@@ -360,8 +364,11 @@ def _kernel(models, loss):
   return _SigmoidKernel(models) if loss == "sigmoid" else _SoftmaxKernel(models)
 
 
-def _gumbel_top(key, step, logits, selected, count):
-  """Gumbel-top-`count` among the unselected; noise from fold_in(key, step)."""
+def gumbel_top(key, step, logits, selected, count):
+  """Gumbel-top-`count` among the unselected; noise from fold_in(key, step).
+
+  Returns `(int[count] chosen, bool[B] selected with them added)`.
+  """
   noise = jax.random.gumbel(jax.random.fold_in(key, step), logits.shape,
                             jnp.float32)
   perturbed = jnp.where(selected, -jnp.inf, logits + noise)
@@ -381,46 +388,80 @@ def _anneal_start(marginal_gains):
   return jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.std(marginal_gains), 1e-30))
 
 
-def _chunked_pass(key, kernel, *, n_rows, chunk_size, n_chunks,
-                  refine_sweeps, gather_chunk, to_global):
+# Refinement keeps a configuration only if its batch score beats the best so
+# far by this relative margin: below it, the difference is the rounding of the
+# running sums, and a "better" batch would be the same set in another order.
+_IMPROVEMENT = 1e-6
+
+
+def _chunked_pass(key, kernel, *, layout, chunk_size, n_chunks,
+                  refine_sweeps):
   """The joint draw (+ optional refinement) -> `int32[n_chunks * chunk_size]`.
 
   Args:
     key: PRNG key (noise convention in the module docstring).
     kernel: `_SigmoidKernel` or `_SoftmaxKernel` over the rows this device
       holds.
-    n_rows: `B`, the global super-batch size.
+    layout: where the rows live (`OneDevice`, or a shard; see `draw`).
     chunk_size: `c`.
     n_chunks: chunks in the pass.
-    refine_sweeps: annealed blocked-Gibbs sweeps after the pass (sigmoid).
-    gather_chunk: global indices `[c]` -> partner rows of those examples.
-    to_global: this device's `[n]` logits -> the global `[B]` logits.
+    refine_sweeps: blocked-Gibbs sweeps after the pass (sigmoid only).
   """
-  def draw(step, state, selected, scale=1.0):
-    logits = scale * to_global(kernel.logits(state))
-    return _gumbel_top(key, step, logits, selected, chunk_size)
+  gather = functools.partial(layout.partners, kernel.models)
+
+  def draw_chunk(step, state, selected, scale=1.0):
+    logits = scale * layout.to_global(kernel.logits(state))
+    return gumbel_top(key, step, logits, selected, chunk_size)
 
   state = kernel.init()
-  first, selected = draw(0, state, jnp.zeros((n_rows,), bool))
+  first, selected = draw_chunk(0, state, jnp.zeros((layout.n_rows,), bool))
 
   def next_chunk(carry, step):
     state, selected, previous = carry
-    state = kernel.update(state, gather_chunk(previous))
-    chosen, selected = draw(step, state, selected)
-    return (state, selected, chosen), chosen
+    if refine_sweeps:  # Keep each chunk's share, so it can be taken out.
+      added = kernel.contribution(gather(previous))
+      state = state + added
+    else:
+      added = None
+      state = kernel.update(state, gather(previous))
+    chosen, selected = draw_chunk(step, state, selected)
+    return (state, selected, chosen), (chosen, added)
 
-  (state, selected, last), rest = jax.lax.scan(
+  (state, selected, last), (rest, added) = jax.lax.scan(
       next_chunk, (state, selected, first), jnp.arange(1, n_chunks))
   chunks = jnp.concatenate([first[None], rest], axis=0)
   if not refine_sweeps:
     return chunks.reshape(-1).astype(jnp.int32)
+  last_added = kernel.contribution(gather(last))
+  return _refine(key, kernel, layout, chunks,
+                 state=state + last_added, selected=selected,
+                 added=jnp.concatenate([added, last_added[None]], axis=0),
+                 refine_sweeps=refine_sweeps, gather=gather,
+                 draw_chunk=draw_chunk)
 
-  state = kernel.update(state, gather_chunk(last))
+
+def _refine(key, kernel, layout, chunks, *, state, selected, added,
+            refine_sweeps, gather, draw_chunk):
+  """Annealed blocked Gibbs from the pass's chunks; returns the best batch.
+
+  `added[j]` is chunk j's share of the running sums `state`, so returning a
+  chunk to the pool is a subtraction and a redraw costs one `B x c` block,
+  as a chunk of the pass does. The batch score of every configuration is
+  read off the logits (`0.5 * sum_{i in S} (logit_i + s_ii - self_i)`), and
+  the best one seen, the pass's included, is returned: never worse than the
+  pass.
+  """
+  del key  # The noise comes through draw_chunk.
+  n_chunks = chunks.shape[0]
   n_steps = refine_sweeps * n_chunks
   # Rows of selected examples also hold their own pair, counted as if it
-  # were a negative; take it out to get their marginal gain.
-  start = _anneal_start(to_global(kernel.logits(state)) - jnp.where(
-      selected, to_global(kernel.self_pairs()), 0.0))
+  # were a negative; `fixed` takes it out and adds the diagonal back.
+  self_pairs = layout.to_global(kernel.self_pairs())
+  fixed = layout.to_global(kernel.diagonal) - self_pairs
+  score = lambda logits, selected: 0.5 * jnp.sum(
+      jnp.where(selected, logits + fixed, 0.0))
+  logits = layout.to_global(kernel.logits(state))
+  start = _anneal_start(logits - jnp.where(selected, self_pairs, 0.0))
   # Geometric from `start` at the first step to exactly 1 at the last.
   scales = start ** ((n_steps - 1 - jnp.arange(n_steps)) / max(n_steps - 1, 1))
 
@@ -430,41 +471,38 @@ def _chunked_pass(key, kernel, *, n_rows, chunk_size, n_chunks,
   # a factor rising geometrically to 1 (simulated annealing).
   def redraw(carry, step_scale):
     step, scale = step_scale
-    state, selected, chunks = carry
+    state, selected, chunks, added, best = carry
     slot = step % n_chunks
     old = chunks[slot]
-    state = kernel.update(state, gather_chunk(old), -1.0)
-    chosen, selected = draw(n_chunks + step, state,
-                            selected.at[old].set(False), scale)
-    state = kernel.update(state, gather_chunk(chosen))
-    return (state, selected, chunks.at[slot].set(chosen)), None
+    state = state - added[slot]
+    chosen, selected = draw_chunk(n_chunks + step, state,
+                                  selected.at[old].set(False), scale)
+    new = kernel.contribution(gather(chosen))
+    state = state + new
+    chunks = chunks.at[slot].set(chosen)
+    now = score(layout.to_global(kernel.logits(state)), selected)
+    best_score, best_chunks = best
+    better = now > best_score + _IMPROVEMENT * jnp.abs(best_score)
+    best = (jnp.where(better, now, best_score),
+            jnp.where(better, chunks, best_chunks))
+    return (state, selected, chunks, added.at[slot].set(new), best), None
 
-  (_, _, chunks), _ = jax.lax.scan(
-      redraw, (state, selected, chunks), (jnp.arange(n_steps), scales))
+  best = (score(logits, selected), chunks)
+  (_, _, _, _, (_, chunks)), _ = jax.lax.scan(
+      redraw, (state, selected, chunks, added, best),
+      (jnp.arange(n_steps), scales))
   return chunks.reshape(-1).astype(jnp.int32)
+
 
 # ----------------------------------------------------------------------------
 # Public selection functions.
 # ----------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "sub_batch_size", "n_chunks", "scoring", "loss", "refine_sweeps"))
-def _joint_select(key, learner, reference, gain, *, sub_batch_size, n_chunks,
-                  scoring, loss, refine_sweeps):
-  models = _scoring_rows(learner, reference, scoring, gain)
-  return _chunked_pass(
-      key, _kernel(models, loss), n_rows=models[0].diagonal.shape[0],
-      chunk_size=sub_batch_size // n_chunks, n_chunks=n_chunks,
-      refine_sweeps=refine_sweeps,
-      gather_chunk=functools.partial(_chunk_rows, models),
-      to_global=lambda logits: logits)
-
-
 def joint_select(key, learner, reference, *, sub_batch_size,
                  n_chunks=DEFAULT_N_CHUNKS, scoring="learnability",
                  gain=DEFAULT_GAIN, loss="sigmoid", refine_sweeps=0):
-  """JEST: draws a sub-batch jointly, chunk by chunk (docs/design.md §1), matrix-free.
+  """JEST: draws a sub-batch jointly, chunk by chunk (docs/design.md §1).
 
   Args:
     key: PRNG key.
@@ -476,7 +514,7 @@ def joint_select(key, learner, reference, *, sub_batch_size,
     n_chunks: chunks of `c = b / n_chunks` drawn in turn (static).
     scoring: "learnability" (default), "easy_reference" or "hard_learner".
     gain: inverse temperature of the draw: every score is multiplied by it
-      (see DEFAULT_GAIN for why it is 1).
+      (DEFAULT_GAIN, 1, is the unit-free scale; see its comment).
     loss: "sigmoid" (pair scores `s_ij`) or "softmax" (a candidate's
       per-example CLIP loss within the selected set plus itself, both
       directions, learner minus reference; see `_SoftmaxKernel`).
@@ -485,32 +523,21 @@ def joint_select(key, learner, reference, *, sub_batch_size,
       redrawn by Gumbel-top-c from `scale_t * logits` given the other
       `b - c`. `scale_t` rises geometrically over the `refine_sweeps *
       n_chunks` steps from `min(1, 1 / std)` of every example's marginal
-      gain after the pass (`_anneal_start`) to exactly 1 at the last step,
-      so early sweeps can leave the
-      configuration the pass locked into and the last ones sample at the
-      requested gain. Each sweep costs about twice the pass. Sigmoid only.
-      Default 0, the paper's algorithm: cheapest (at the demo configuration,
-      B=320, the pass takes ~1 ms and 4 sweeps ~9 ms, against a ~50 ms JEST
-      step) and the semantics the paper defines. Turn it on where joint
-      terms dominate (`selection_diagnostics`' `joint_to_diagonal_spread`
-      well above 1): on hard-negative data (temperature 20-30) the pass
-      reached 28-67% of a long annealed Gibbs search's batch learnability,
-      4 sweeps 90-93%, 8 sweeps 91-97% (benchmarks/selection_quality.py);
-      where joint terms are small it changes little (the pass already
-      matches Gibbs there).
+      gain after the pass (`_anneal_start`) to exactly 1 at the last step.
+      The batch with the highest batch score seen (the pass's own included)
+      is returned, so refinement is never worse than the pass. A sweep costs
+      about one pass. Sigmoid only. Default 0, the paper's algorithm; the
+      README's selection-quality table gives what sweeps buy and cost, and
+      `selection_diagnostics`' `joint_to_diagonal_spread` tells where joint
+      terms matter enough for them to pay.
 
   Returns:
     `int32[sub_batch_size]` distinct indices into the super-batch, in chunk
     order.
   """
-  size = _check_common(learner, reference, scoring=scoring, loss=loss)
-  _check_sub_batch_size(sub_batch_size, size)
-  _check_chunks(sub_batch_size, n_chunks)
-  _check_refine(refine_sweeps, loss)
-  return _joint_select(key, learner, reference, gain,
-                       sub_batch_size=int(sub_batch_size),
-                       n_chunks=int(n_chunks), scoring=scoring, loss=loss,
-                       refine_sweeps=int(refine_sweeps))
+  return select(key, learner, reference, sub_batch_size=sub_batch_size,
+                method="joint", scoring=scoring, gain=gain, n_chunks=n_chunks,
+                loss=loss, refine_sweeps=refine_sweeps)
 
 
 def _scores_against_set(row_models, set_models, loss, block_size):
@@ -550,25 +577,6 @@ def _scores_against_set(row_models, set_models, loss, block_size):
   return jax.lax.map(block_scores, rows).reshape(-1)[:n]
 
 
-def _independent_scores(models, loss, block_size):
-  if loss == "sigmoid":
-    return _diagonal_scores(models, loss)
-  return _scores_against_set(models, models, loss, block_size)
-
-
-@functools.partial(jax.jit, static_argnames=(
-    "sub_batch_size", "scoring", "mode", "loss", "block_size"))
-def _independent_select(key, learner, reference, gain, *, sub_batch_size,
-                        scoring, mode, loss, block_size):
-  models = _scoring_rows(learner, reference, scoring, gain)
-  scores = _independent_scores(models, loss, block_size)
-  if mode == "topk":
-    return jax.lax.top_k(scores, sub_batch_size)[1].astype(jnp.int32)
-  selected = jnp.zeros(scores.shape, bool)
-  return _gumbel_top(key, 0, scores, selected, sub_batch_size)[0].astype(
-      jnp.int32)
-
-
 def independent_select(key, learner, reference, *, sub_batch_size,
                        scoring="learnability", gain=DEFAULT_GAIN, mode="topk",
                        loss="sigmoid", block_size=DEFAULT_BLOCK_SIZE):
@@ -593,14 +601,11 @@ def independent_select(key, learner, reference, *, sub_batch_size,
   Returns:
     `int32[sub_batch_size]` distinct indices (topk: by descending score).
   """
-  size = _check_common(learner, reference, scoring=scoring, loss=loss)
-  _check_sub_batch_size(sub_batch_size, size)
   if mode not in INDEPENDENT_MODES:
     raise ValueError(f"mode={mode!r}: use one of {INDEPENDENT_MODES}")
-  return _independent_select(key, learner, reference, gain,
-                             sub_batch_size=int(sub_batch_size),
-                             scoring=scoring, mode=mode, loss=loss,
-                             block_size=int(block_size))
+  return select(key, learner, reference, sub_batch_size=sub_batch_size,
+                method=f"independent_{mode}", scoring=scoring, gain=gain,
+                loss=loss, block_size=block_size)
 
 
 def uniform_select(key, super_batch_size, sub_batch_size):
@@ -673,7 +678,7 @@ def selection_diagnostics(key, learner, reference, indices, *,
   and `refine_sweeps` pays (benchmarks/selection_quality.py). Jittable; the
   brute-force comparison itself is slow and lives in the benchmark.
   """
-  terms = _models_for(scoring, learner, reference)
+  terms = scoring_terms(scoring, learner, reference)
   size = _check_embeddings(terms[0][0], terms[0][1])
   sub_batch_size = jnp.shape(indices)[0]
   uniform = uniform_select(key, size, sub_batch_size)
@@ -693,9 +698,93 @@ def selection_diagnostics(key, learner, reference, indices, *,
   return report
 
 
+class OneDevice(NamedTuple):
+  """A layout for `draw`: the whole super-batch of `n_rows` on this device.
+
+  A layout says where the rows live; `sharded` has one for a shard of them.
+  It provides `n_rows` (the global `B`), `to_global(values)` (this device's
+  per-row `[n]` values -> the global `[B]`), `partners(models, indices)`
+  (the partner rows of global `indices`, as `partner_rows` on the device
+  that holds them) and `everyone(models)` (`ModelRows` over all `B` rows).
+  """
+  n_rows: int
+
+  def to_global(self, values):
+    return values
+
+  def partners(self, models, indices):
+    return partner_rows(models, indices)
+
+  def everyone(self, models):
+    return models
+
+
+def check_models(learner, reference, *, method, scoring, loss):
+  """Checks a method's embeddings (eagerly, also their values); returns B."""
+  if method not in METHODS:
+    raise ValueError(f"method={method!r}: use one of {METHODS}")
+  if method != "uniform":
+    return _check_common(learner, reference, scoring=scoring, loss=loss)
+  given = learner if learner is not None else reference
+  if given is None:
+    raise ValueError("method='uniform' takes the super-batch size from the "
+                     "embeddings; pass learner or reference (or call "
+                     "uniform_select(key, super_batch_size, sub_batch_size))")
+  name = "learner" if learner is not None else "reference"
+  _embeddings_fields(name, given)
+  return _check_embeddings(name, given)
+
+
+def check_sizes(super_batch_size, sub_batch_size, *, method, n_chunks,
+                refine_sweeps, loss):
+  """Checks the static sizes of one selection of `b` from `B` rows."""
+  _check_sub_batch_size(sub_batch_size, super_batch_size)
+  if method == "joint":
+    _check_chunks(sub_batch_size, n_chunks)
+    _check_refine(refine_sweeps, loss)
+
+
+def draw(key, learner, reference, gain, *, layout, method, sub_batch_size,
+         scoring, n_chunks, loss, refine_sweeps, block_size):
+  """Every method, on any layout: `int32[sub_batch_size]` global indices.
+
+  The one dispatch on `method` and `loss`, traced (inside `jax.jit` or
+  `shard_map`) after `check_models` and `check_sizes`. `learner` and
+  `reference` hold the rows this device has; `layout` says how they relate
+  to the global super-batch (`OneDevice`, or a shard in `sharded`).
+  """
+  if method == "uniform":
+    return uniform_select(key, layout.n_rows, sub_batch_size)
+  models = _scoring_rows(learner, reference, scoring, gain)
+  if method == "joint":
+    return _chunked_pass(key, _kernel(models, loss), layout=layout,
+                         chunk_size=sub_batch_size // n_chunks,
+                         n_chunks=n_chunks, refine_sweeps=refine_sweeps)
+  if loss == "sigmoid":
+    scores = _diagonal_scores(models, loss)
+  else:  # An example alone has no negatives: score it against everyone.
+    scores = _scores_against_set(models, layout.everyone(models), loss,
+                                 block_size)
+  scores = layout.to_global(scores)
+  if method == "independent_topk":
+    return jax.lax.top_k(scores, sub_batch_size)[1].astype(jnp.int32)
+  return gumbel_top(key, 0, scores, jnp.zeros(scores.shape, bool),
+                    sub_batch_size)[0].astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "method", "sub_batch_size", "scoring", "n_chunks", "loss",
+    "refine_sweeps", "block_size"))
+def _select(key, learner, reference, gain, **static):
+  given = learner if learner is not None else reference
+  return draw(key, learner, reference, gain,
+              layout=OneDevice(given.image.shape[0]), **static)
+
+
 def select(key, learner, reference, *, sub_batch_size, method="joint",
            scoring="learnability", gain=DEFAULT_GAIN,
-           n_chunks=DEFAULT_N_CHUNKS, loss="sigmoid", refine_sweeps=0):
+           n_chunks=DEFAULT_N_CHUNKS, loss="sigmoid", refine_sweeps=0,
+           block_size=DEFAULT_BLOCK_SIZE):
   """One entry point for a trainer: selection by `method` name.
 
   Args:
@@ -704,25 +793,19 @@ def select(key, learner, reference, *, sub_batch_size, method="joint",
       `n_chunks` and `refine_sweeps`; "uniform" ignores all scoring
       arguments and takes `B` from whichever embeddings are given).
     method: "joint", "independent_topk", "independent_sample" or "uniform".
+    block_size: as in `independent_select`.
 
   Returns:
     `int32[sub_batch_size]` indices into the super-batch.
   """
-  if method == "joint":
-    return joint_select(key, learner, reference, sub_batch_size=sub_batch_size,
-                        n_chunks=n_chunks, scoring=scoring, gain=gain,
-                        loss=loss, refine_sweeps=refine_sweeps)
-  if method in ("independent_topk", "independent_sample"):
-    return independent_select(
-        key, learner, reference, sub_batch_size=sub_batch_size,
-        scoring=scoring, gain=gain, loss=loss,
-        mode=method[len("independent_"):])
+  size = check_models(learner, reference, method=method, scoring=scoring,
+                      loss=loss)
+  check_sizes(size, sub_batch_size, method=method, n_chunks=n_chunks,
+              refine_sweeps=refine_sweeps, loss=loss)
   if method == "uniform":
-    given = learner if learner is not None else reference
-    if given is None:
-      raise ValueError("method='uniform' takes the super-batch size from the "
-                       "embeddings; pass learner or reference (or call "
-                       "uniform_select(key, super_batch_size, sub_batch_size))")
-    _embeddings_fields("learner" if learner is not None else "reference", given)
-    return uniform_select(key, jnp.shape(given.image)[0], sub_batch_size)
-  raise ValueError(f"method={method!r}: use one of {METHODS}")
+    learner, reference = (learner, None) if learner is not None else (
+        None, reference)
+  return _select(key, learner, reference, jnp.asarray(gain, jnp.float32),
+                 method=method, sub_batch_size=int(sub_batch_size),
+                 scoring=scoring, n_chunks=int(n_chunks), loss=loss,
+                 refine_sweeps=int(refine_sweeps), block_size=int(block_size))

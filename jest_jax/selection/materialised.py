@@ -18,7 +18,7 @@ from jest_jax.selection import core
 def score_matrix(learner, reference, *, scoring, gain):
   """`[B, B]` sigmoid pair scores `s_ij` (docs/design.md §1)."""
   total = 0.0
-  for _, emb, sign in core._models_for(scoring, learner, reference):
+  for _, emb, sign in core.scoring_terms(scoring, learner, reference):
     pair_losses = losses.sigmoid_pair_losses(
         jnp.asarray(emb.image, jnp.float32), jnp.asarray(emb.text, jnp.float32),
         emb.temperature, emb.bias)
@@ -30,7 +30,7 @@ def _softmax_logits(learner, reference, scoring, gain):
   return [(sign * gain, losses.pair_logits(
       jnp.asarray(emb.image, jnp.float32), jnp.asarray(emb.text, jnp.float32),
       emb.temperature))
-          for _, emb, sign in core._models_for(scoring, learner, reference)]
+          for _, emb, sign in core.scoring_terms(scoring, learner, reference)]
 
 
 def _softmax_conditional(weighted_logits, selected):
@@ -69,7 +69,7 @@ def joint_select(key, learner, reference, *, sub_batch_size,
       logits = diagonal + conditional
     else:
       logits = _softmax_conditional(weighted_logits, selected)
-    chosen, selected = core._gumbel_top(key, step, logits, selected, chunk_size)
+    chosen, selected = core.gumbel_top(key, step, logits, selected, chunk_size)
     if loss == "sigmoid":
       conditional += (jnp.sum(jnp.take(scores, chosen, axis=1), axis=1) +
                       jnp.sum(jnp.take(scores, chosen, axis=0), axis=0))

@@ -18,6 +18,7 @@ examples there.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,27 +48,18 @@ def _check(learner, reference, *, mesh, axis_name, scope, sub_batch_size,
   """Global-shape checks; returns (B, number of shards)."""
   if scope not in SCOPES:
     raise ValueError(f"scope={scope!r}: use one of {SCOPES}")
-  if method not in core.METHODS:
-    raise ValueError(f"method={method!r}: use one of {core.METHODS}")
   shards = _axis_size(mesh, axis_name)
-  if method == "uniform":
-    given = learner if learner is not None else reference
-    if given is None:
-      raise ValueError("method='uniform' takes B from the embeddings; pass "
-                       "learner or reference")
-    size = core._check_embeddings("embeddings", given)
-  else:
-    size = core._check_common(learner, reference, scoring=scoring, loss=loss)
-  core._check_sub_batch_size(sub_batch_size, size)
+  size = core.check_models(learner, reference, method=method, scoring=scoring,
+                           loss=loss)
+  sizes = dict(method=method, n_chunks=n_chunks, refine_sweeps=refine_sweeps,
+               loss=loss)
+  core.check_sizes(size, sub_batch_size, **sizes)
   if size % shards or sub_batch_size % shards:
     raise ValueError(
         f"B={size} and sub_batch_size={sub_batch_size} must both be divisible "
         f"by the {shards} shards of mesh axis {axis_name!r} (balanced shards)")
-  if method == "joint":
-    per_selection = sub_batch_size // shards if scope == "local" else (
-        sub_batch_size)
-    core._check_chunks(per_selection, n_chunks)
-    core._check_refine(refine_sweeps, loss)
+  if scope == "local":
+    core.check_sizes(size // shards, sub_batch_size // shards, **sizes)
   return size, shards
 
 
@@ -108,7 +100,8 @@ def sharded_select(key, learner, reference, *, mesh, axis_name="data",
   run = _selector(mesh, axis_name, scope, tuple(models), shards=shards,
                   super_batch_size=size, sub_batch_size=int(sub_batch_size),
                   method=method, scoring=scoring, n_chunks=int(n_chunks),
-                  loss=loss, refine_sweeps=int(refine_sweeps))
+                  loss=loss, refine_sweeps=int(refine_sweeps),
+                  block_size=core.DEFAULT_BLOCK_SIZE)
   return run(key, models, jnp.asarray(gain, jnp.float32))
 
 
@@ -129,65 +122,53 @@ def _selector(mesh, axis_name, scope, model_names, **static):
 
 
 def _local_body(key, models, gain, *, axis_name, shards, super_batch_size,
-                sub_batch_size, method, scoring, n_chunks, loss,
-                refine_sweeps):
+                sub_batch_size, **static):
   shard = jax.lax.axis_index(axis_name)
-  local = core.select(
+  n_local = super_batch_size // shards
+  local = core.draw(
       jax.random.fold_in(key, shard), models.get("learner"),
-      models.get("reference"), sub_batch_size=sub_batch_size // shards,
-      method=method, scoring=scoring, gain=gain, n_chunks=n_chunks, loss=loss,
-      refine_sweeps=refine_sweeps)
-  return local + (shard * (super_batch_size // shards)).astype(jnp.int32)
+      models.get("reference"), gain, layout=core.OneDevice(n_local),
+      sub_batch_size=sub_batch_size // shards, **static)
+  return local + (shard * n_local).astype(jnp.int32)
+
+
+class _Shard(NamedTuple):
+  """A layout for `core.draw`: this device holds rows `[r n, (r + 1) n)`."""
+  n_rows: int
+  axis_name: str
+  shards: int
+
+  def to_global(self, values):
+    return jax.lax.all_gather(values, self.axis_name, tiled=True)
+
+  def partners(self, models, indices):
+    # Each row lives on one shard; the others add exact zeros.
+    n_local = self.n_rows // self.shards
+    local = indices - jax.lax.axis_index(self.axis_name) * n_local
+    owned = (local >= 0) & (local < n_local)
+    partners = core.partner_rows(models, jnp.clip(local, 0, n_local - 1))
+    return jax.lax.psum(
+        tuple(jnp.where(owned[None, :, None], p, 0.0) for p in partners),
+        self.axis_name)
+
+  def everyone(self, models):
+    return tuple(m._replace(pairs=jax.lax.all_gather(
+        m.pairs, self.axis_name, axis=1, tiled=True)) for m in models)
 
 
 def _global_body(key, models, gain, *, axis_name, shards, super_batch_size,
-                 sub_batch_size, method, scoring, n_chunks, loss,
-                 refine_sweeps):
-  shard = jax.lax.axis_index(axis_name)
-  n_local = super_batch_size // shards
-  to_global = lambda local: jax.lax.all_gather(local, axis_name, tiled=True)
-  learner, reference = models.get("learner"), models.get("reference")
-  if method == "uniform":
-    indices = core.uniform_select(key, super_batch_size, sub_batch_size)
-  else:
-    rows = core._scoring_rows(learner, reference, scoring, gain)
-    if method == "joint":
-      def gather_chunk(indices):
-        # Each chunk row lives on one shard; the others add exact zeros.
-        local = indices - shard * n_local
-        owned = (local >= 0) & (local < n_local)
-        partners = core._chunk_rows(rows, jnp.clip(local, 0, n_local - 1))
-        return jax.lax.psum(
-            tuple(jnp.where(owned[None, :, None], p, 0.0) for p in partners),
-            axis_name)
-
-      indices = core._chunked_pass(
-          key, core._kernel(rows, loss), n_rows=super_batch_size,
-          chunk_size=sub_batch_size // n_chunks, n_chunks=n_chunks,
-          refine_sweeps=refine_sweeps, gather_chunk=gather_chunk,
-          to_global=to_global)
-    else:
-      if loss == "sigmoid":
-        scores = core._diagonal_scores(rows, loss)
-      else:
-        # Softmax scores an example against the whole super-batch.
-        everyone = tuple(r._replace(pairs=jax.lax.all_gather(
-            r.pairs, axis_name, axis=1, tiled=True)) for r in rows)
-        scores = core._scores_against_set(
-            rows, everyone, loss, core.DEFAULT_BLOCK_SIZE)
-      scores = to_global(scores)
-      if method == "independent_topk":
-        indices = jax.lax.top_k(scores, sub_batch_size)[1]
-      else:
-        indices = core._gumbel_top(
-            key, 0, scores, jnp.zeros(scores.shape, bool), sub_batch_size)[0]
+                 sub_batch_size, **static):
+  indices = core.draw(
+      key, models.get("learner"), models.get("reference"), gain,
+      layout=_Shard(super_batch_size, axis_name, shards),
+      sub_batch_size=sub_batch_size, **static)
   per_shard = sub_batch_size // shards
-  return jax.lax.dynamic_slice(indices.astype(jnp.int32),
-                               (shard * per_shard,), (per_shard,))
+  shard = jax.lax.axis_index(axis_name)
+  return jax.lax.dynamic_slice(indices, (shard * per_shard,), (per_shard,))
 
 
 def gather_selected(super_batch, indices, *, mesh, axis_name="data",
-                    scope="global"):
+                    scope="global", capacity=None):
   """Moves the selected examples to balanced shards.
 
   Args:
@@ -197,10 +178,16 @@ def gather_selected(super_batch, indices, *, mesh, axis_name="data",
       `scope`, sharded along `axis_name`.
     mesh, axis_name: as in `sharded_select`.
     scope: "local" (every index is in its own shard: a local take, no
-      traffic) or "global" (any index anywhere: a reduce-scatter of a `[b,
-      ...]` buffer holding each device's own rows, zeros elsewhere, so each
-      device sends and receives about `b` rows; fine for embeddings and small
-      images, costly for large images on many devices).
+      traffic) or "global" (any index anywhere: an owner-bucketed
+      `all_to_all`; each device sends each of its selected rows to its
+      destination shard only, so per-device memory and traffic are
+      `O(b / D)` rows).
+    capacity: global scope only: rows per (source, destination) pair per
+      round of `all_to_all` (static; default `ceil(1.25 b / D^2)`, 1.25
+      times the mean of a uniform spread, so a round's send and receive
+      buffers hold 2.5 times the output shard). A pair with more rows takes further
+      rounds (as many as the fullest pair needs, the same on every device):
+      always exact, only slower.
 
   Returns:
     The pytree with leading axis `b`, sharded along `axis_name`: row `p` is
@@ -213,14 +200,20 @@ def gather_selected(super_batch, indices, *, mesh, axis_name="data",
   if len(sizes) != 1:
     raise ValueError(f"super_batch leaves have different leading sizes {sizes}")
   size = sizes.pop()
-  if size % shards or jnp.shape(indices)[0] % shards:
-    raise ValueError(f"B={size} and b={jnp.shape(indices)[0]} must be "
+  sub = jnp.shape(indices)[0]
+  if size % shards or sub % shards:
+    raise ValueError(f"B={size} and b={sub} must be "
                      f"divisible by the {shards} shards of {axis_name!r}")
-  return _gatherer(mesh, axis_name, scope, size // shards)(super_batch, indices)
+  if capacity is None:
+    capacity = -(-5 * sub // (4 * shards * shards))
+  if not isinstance(capacity, int) or capacity < 1:
+    raise ValueError(f"capacity={capacity!r} must be a positive Python int")
+  return _gatherer(mesh, axis_name, scope, size // shards,
+                   min(capacity, sub // shards))(super_batch, indices)
 
 
 @functools.lru_cache(maxsize=64)
-def _gatherer(mesh, axis_name, scope, n_local):
+def _gatherer(mesh, axis_name, scope, n_local, capacity):
   """A jitted shard_map moving selected rows (see `gather_selected`)."""
   rows = PartitionSpec(axis_name)
 
@@ -231,22 +224,53 @@ def _gatherer(mesh, axis_name, scope, n_local):
 
   def global_body(batch, local_indices):
     shard = jax.lax.axis_index(axis_name)
+    shards = jax.lax.axis_size(axis_name)
+    per_shard = local_indices.shape[0]
+    # Which shard owns each slot's row: [destination, slot] -> source.
     everyone = jax.lax.all_gather(local_indices, axis_name, tiled=True)
-    mine = everyone - shard * n_local
-    owned = (mine >= 0) & (mine < n_local)
-    mine = jnp.clip(mine, 0, n_local - 1)
+    owner = (everyone // n_local).reshape(shards, per_shard)
+    # As a source: the rank of each of my rows among those a destination
+    # takes from me, in slot order; as a destination: the same for my slots.
+    mine = owner == shard
+    send_rank = jnp.cumsum(mine, axis=1) - 1
+    send_row = (everyone.reshape(shards, per_shard) - shard * n_local)
+    source = owner[shard]
+    by_source = source[:, None] == jnp.arange(shards)
+    recv_rank = jnp.sum((jnp.cumsum(by_source, axis=0) - 1) * by_source,
+                        axis=1)
+    fullest = jax.lax.pmax(jnp.max(jnp.sum(mine, axis=1)), axis_name)
+    n_rounds = -(-fullest // capacity)
+    wide = jax.tree.map(
+        lambda x: x.astype(jnp.int8) if x.dtype == jnp.bool_ else x, batch)
 
-    def move(x):
-      wide = x.astype(jnp.int8) if x.dtype == jnp.bool_ else x
-      taken = jnp.take(wide, mine, axis=0)
-      taken = jnp.where(owned.reshape((-1,) + (1,) * (x.ndim - 1)), taken,
-                        jnp.zeros_like(taken))
-      # One owner per row, zeros elsewhere: the sum is that row, exactly.
-      moved = jax.lax.psum_scatter(taken, axis_name, scatter_dimension=0,
-                                   tiled=True)
-      return moved.astype(x.dtype)
+    def one_round(carry):
+      step, out = carry
+      first = step * capacity
+      # Send table [destination, capacity]: my rows of this round's ranks.
+      position = jnp.where(mine & (send_rank >= first) &
+                           (send_rank < first + capacity),
+                           send_rank - first, capacity)  # capacity: dropped.
+      table = jnp.zeros((shards, capacity), jnp.int32).at[
+          jnp.arange(shards)[:, None], position].set(
+              jnp.clip(send_row, 0, n_local - 1), mode="drop")
+      arrived = (recv_rank >= first) & (recv_rank < first + capacity)
+      slot = source * capacity + jnp.clip(recv_rank - first, 0, capacity - 1)
 
-    return jax.tree.map(move, batch)
+      def move(x, y):
+        sent = jnp.take(x, table.reshape(-1), axis=0).reshape(
+            (shards, capacity) + x.shape[1:])
+        received = jax.lax.all_to_all(sent, axis_name, 0, 0, tiled=True)
+        received = received.reshape((shards * capacity,) + x.shape[1:])
+        keep = arrived.reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.where(keep, jnp.take(received, slot, axis=0), y)
+
+      return step + 1, jax.tree.map(move, wide, out)
+
+    empty = jax.tree.map(
+        lambda x: jnp.zeros((per_shard,) + x.shape[1:], x.dtype), wide)
+    _, out = jax.lax.while_loop(lambda c: c[0] < n_rounds, one_round,
+                                (jnp.int32(0), empty))
+    return jax.tree.map(lambda y, x: y.astype(x.dtype), out, batch)
 
   return jax.jit(jax.shard_map(
       local_body if scope == "local" else global_body, mesh=mesh,
