@@ -456,18 +456,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   functions = StepFunctions(model, optimizer, config, mesh)
   train_step = None  # Compiled at the first step, from its real inputs.
   flops = {}
-  encoders = {"": evaluate.Encoder(model, mesh, config.eval.batch_size,
-                                   patch_size=functions.small_patch)}
+  patch_sizes = {"": functions.small_patch}
   if config.patch.eval_large:
-    encoders["large/"] = evaluate.Encoder(model, mesh, config.eval.batch_size,
-                                          patch_size=functions.large_patch)
-
-  def run_evals(params):
-    results = {}
-    for prefix, encoder in encoders.items():
-      for key, value in evaluate.evaluate(encoder, params, config.data).items():
-        results[key.replace("eval/", f"eval/{prefix}")] = value
-    return results
+    patch_sizes["large/"] = functions.large_patch
+  evaluators = evaluate.build(config, model, mesh, patch_sizes, tokenizer)
   base_key = jax.random.key(config.seed)
   progress = metrics_lib.Progress(config.total_steps, start_step,
                                   super_batch_size, name=config.method)
@@ -527,14 +519,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       row["train/examples_per_s"], row["train/step_seconds"] = progress.log(
           step, row["train/loss"])
       logged.append(row)
-    if step % config.eval_every == 0 or step == config.total_steps:
+    if evaluators.due(step):
       t_eval = time.perf_counter()
-      final_eval = run_evals(state.params)
+      results = evaluators.run(state.params, step)
+      final_eval.update(results)
       progress.exclude(time.perf_counter() - t_eval)
-      row.update(final_eval)
+      row.update(results)
       row.setdefault("examples_seen", step * config.batch_size)
       logging.info("%s step %d eval %s", config.method, step,
-                   {k: round(v, 4) for k, v in final_eval.items()})
+                   {k: round(v, 4) for k, v in results.items()})
     if row:
       writer.write(step, row)
     if step % config.checkpoint_every == 0 or step == last_step:
@@ -548,7 +541,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_input.close()
 
   if not final_eval:  # Already finished before this process started.
-    final_eval = run_evals(state.params)
+    final_eval = evaluators.run(state.params)
   previous = [r for r in metrics_lib.read_metrics(workdir)] if lead else logged
   summary = dict(step=int(step), wall_seconds=time.perf_counter() - t_start)
   summary.update(final_eval)
