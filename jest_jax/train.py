@@ -40,6 +40,7 @@ from jest_jax import optim
 from jest_jax import reference_cache
 from jest_jax import selection
 from jest_jax import sharding
+from jest_jax.data import tokenizer as tokenizer_lib
 from jest_jax.models import two_tower
 
 
@@ -399,6 +400,11 @@ def load_reference(config, train_input):
     params, _ = restore_params(config.reference.workdir)
     checkpoint_fingerprint = reference_cache.params_fingerprint(params)
   try:
+    tokenizer_lib.check_cache_tokenizer(config.reference.cache_dir,
+                                        train_input.records.reader.tokenizer)
+  except tokenizer_lib.TokenizerMismatch as e:
+    raise TrainingError(str(e)) from None
+  try:
     return reference_cache.load(
         config.reference.cache_dir,
         dataset_fingerprint=train_input.fingerprint, count=len(train_input),
@@ -424,6 +430,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # mesh
   mesh = sharding.make_mesh(config.mesh.num_devices)
+  if not config.data.tokenizer:  # A learner takes its reference's tokenizer.
+    config.data.tokenizer = tokenizer_lib.reference_tokenizer(config)
   config_lib.validate(config, num_devices=mesh.size)
   if lead:
     _save_config(workdir, config)
@@ -434,6 +442,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                           super_batch_size, config.seed)
   reference = load_reference(config, train_input)
   tokenizer = input_pipeline.tokenizer(config.data)
+  if lead:
+    try:
+      tokenizer_lib.record_in_workdir(workdir, tokenizer)
+    except tokenizer_lib.TokenizerMismatch as e:
+      raise TrainingError(str(e)) from None
 
   # model and optimiser
   model = build_model(config, tokenizer.vocab_size)
