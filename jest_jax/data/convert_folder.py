@@ -172,10 +172,11 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version(VERSION)
   code_path = None  # No download checksums to look up.
 
-  def __init__(self, *, splits, class_names=None, **kwargs):
-    # {split: [(image bytes, caption, path, label or None), ...]}
+  def __init__(self, *, splits, class_names=None, float_fields=(), **kwargs):
+    # {split: [(image bytes, caption, path[, label or None[, floats]]), ...]}
     self._splits = splits
     self._class_names = class_names
+    self._float_fields = tuple(float_fields)
     super().__init__(**kwargs)
 
   def _info(self):
@@ -187,6 +188,8 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     }
     if self._class_names:
       features["label"] = tfds.features.ClassLabel(names=self._class_names)
+    for field in self._float_fields:
+      features[field] = tfds.features.Scalar(np.float32)
     return tfds.core.DatasetInfo(
         builder=self,
         description="Image-caption pairs converted by "
@@ -201,11 +204,13 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, examples):
     ids = {name: i for i, name in enumerate(self._class_names or ())}
-    for index, (data, caption, path, *label) in enumerate(examples):
+    for index, (data, caption, path, *rest) in enumerate(examples):
       example = {"image": data, "caption": caption, "file": path,
                  "index": index}
       if ids:
-        example["label"] = ids[str(label[0]).strip()]
+        example["label"] = ids[str(rest[0]).strip()]
+      if self._float_fields:
+        example.update(zip(self._float_fields, rest[1]))
       yield index, example
 
 
@@ -270,7 +275,7 @@ def convert(images_dir, captions, name, data_dir="", *, tokenizer="",
 
 def write_dataset(name, splits, data_dir="", *, tokenizer="", vocab_size=256,
                   model_type="unigram", overwrite=False, report=None,
-                  class_names=None):
+                  class_names=None, float_fields=(), tokenizer_texts=None):
   """Writes examples as the TFDS dataset `name` (no checks on them).
 
   Args:
@@ -283,6 +288,10 @@ def write_dataset(name, splits, data_dir="", *, tokenizer="", vocab_size=256,
     overwrite: replace an existing dataset of that name.
     report: extra fields for `conversion.json`.
     class_names: the `label` feature's names (None: no label feature).
+    float_fields: names of float32 features, their values the examples'
+      fifth item (a list).
+    tokenizer_texts: what a trained tokenizer learns from (default: the
+      train split's captions).
   Returns:
     The report, with `name` and `dataset_dir` added.
   """
@@ -296,6 +305,7 @@ def write_dataset(name, splits, data_dir="", *, tokenizer="", vocab_size=256,
                        {"name": name, "__module__": __name__},
                        skip_registration=True)
   builder = builder_class(splits=splits, class_names=class_names,
+                          float_fields=float_fields,
                           data_dir=storage.resolve_data_dir(data_dir))
   dataset_dir = os.fspath(builder.data_path)
   if os.path.exists(dataset_dir):
@@ -314,7 +324,8 @@ def write_dataset(name, splits, data_dir="", *, tokenizer="", vocab_size=256,
       storage.write_bytes_atomically(model_path, model)
     else:
       tokenizer_lib.train_sentencepiece(
-          [example[1] for example in splits["train"]], model_path,
+          tokenizer_texts or [example[1] for example in splits["train"]],
+          model_path,
           vocab_size=vocab_size, model_type=model_type)
     storage.write_bytes_atomically(
         os.path.join(directory, REPORT_FILE),
