@@ -20,7 +20,9 @@ from jest_jax.data import convert_folder
 SIZE = 8
 DIM = 6
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50),
-           "blue": (40, 70, 235), "grey": (128, 128, 128)}
+           "blue": (40, 70, 235), "grey": (128, 128, 128),
+           "black": (0, 0, 0), "white": (255, 255, 255),
+           "pink": (250, 150, 200), "brown": (120, 70, 20)}
 
 
 @pytest.fixture(autouse=True)
@@ -69,12 +71,12 @@ def naive_ranks(queries, keys, targets):
                    for i, t in enumerate(targets)])
 
 
-def make_labelled_folder(root, n=40):
+def make_labelled_folder(root, n=64):
   """Coloured squares; caption and label name the colour."""
   rng = np.random.default_rng(1)
   rows = []
   for i in range(n):
-    name, colour = list(COLOURS.items())[i % 4]
+    name, colour = list(COLOURS.items())[i % len(COLOURS)]
     pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
     pixels[2:10, 2:10] = colour
     Image.fromarray(pixels).save(os.path.join(root, f"{i}.png"))
@@ -93,7 +95,7 @@ def labelled(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   report = convert_folder.convert(
       root, {"train": os.path.join(root, "captions.jsonl")}, "colours",
-      data_dir, vocab_size=30, model_type="word", holdout=0.3)
+      data_dir, vocab_size=30, model_type="word", holdout=0.5)
   return root, rows, data_dir, report
 
 
@@ -130,7 +132,7 @@ def test_true_ranks_blockwise_match_a_full_stable_sort_with_ties():
 def test_held_out_zeroshot_matches_numpy_twin(labelled):
   _, rows, data_dir, report = labelled
   config = run_config(data_dir)
-  config.evals.zeroshot.templates = "a {} square|{}"
+  config.evals.zeroshot.templates = "a {} square|{}|the {} one"
   evaluators, model, tokenizer = build(config)
   zeroshot = [e for e in evaluators.evaluators if e.name == "zeroshot"][0]
   assert zeroshot.description == "colours:validation"
@@ -140,13 +142,19 @@ def test_held_out_zeroshot_matches_numpy_twin(labelled):
                                     "validation")
   names = report["class_names"]
   assert names == sorted(COLOURS)
-  templates = ["a {} square", "{}"]
-  class_emb = unit(np.stack([
-      unit(model.numpy_texts(tokenizer.encode(
-          [t.format(name) for t in templates], 6))).mean(axis=0)
-      for name in names]))
-  image_emb = unit(model.numpy_images(split.arrays["image"]))
-  ranks = naive_ranks(image_emb, class_emb, split.arrays["label"])
+  templates = ["a {} square", "{}", "the {} one"]
+
+  def twin_ranks(templates):
+    class_emb = unit(np.stack([
+        unit(model.numpy_texts(tokenizer.encode(
+            [t.format(name) for t in templates], 6))).mean(axis=0)
+        for name in names]))
+    image_emb = unit(model.numpy_images(split.arrays["image"]))
+    return naive_ranks(image_emb, class_emb, split.arrays["label"])
+  ranks = twin_ranks(templates)
+  # The data tells the prompt ensemble from a single prompt.
+  single = twin_ranks(templates[:1])
+  assert any(np.mean(ranks < k) != np.mean(single < k) for k in (1, 5))
   assert len(ranks) == report["splits"]["validation"]["kept"]
   assert len(ranks) % config.eval.batch_size  # The last batch was padded.
   np.testing.assert_allclose(results["eval/zeroshot/top1"],
