@@ -43,6 +43,7 @@ from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
 from jest_jax import sharding
 from jest_jax import train
+from jest_jax.data import tokenizer as tokenizer_lib
 
 DEFAULT_CHUNK_SIZE = 8192
 
@@ -138,6 +139,8 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
   params, step = train.restore_params(workdir)
   fingerprint = reference_cache.params_fingerprint(params)
   config_data = data_config(config, split_name, data_overrides)
+  if not config_data.tokenizer:  # Embed with the ids the reference learned.
+    config_data.tokenizer = tokenizer_lib.workdir_tokenizer(workdir)
   try:
     records = input_pipeline.open_records(config_data, split_name)
   except input_pipeline.DataError as e:
@@ -193,6 +196,7 @@ def build_cache(workdir, split_name="train", output=None, dtype="float32", *,
       bias=float(np.asarray(params["b"]).reshape(())),
       checkpoint_step=step, model=train.model_description(config),
       split=split_name, shards=num_shards,
+      tokenizer=tokenizer_lib.manifest_entry(records.reader.tokenizer),
       build_seconds=seconds,
       build_examples_per_s=embedded / seconds if embedded else None,
       build_flops=_embedding_flops(model, params, encoder.batch_size,

@@ -216,6 +216,11 @@ def base_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 512
+  # Named evaluators (jest_jax/evaluate.py): zero-shot and retrieval on the
+  # data's held-out `validation` split if it has one, else the built-in
+  # corpus's probes; logged as eval/<name>/<metric>.
+  from jest_jax import evaluate  # pylint: disable=g-import-not-at-top
+  config.evals = evaluate.default_evals()
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = -1  # -1: all devices.

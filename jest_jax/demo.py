@@ -10,6 +10,17 @@ Stages, each resumable (re-running skips what is finished):
      jointly most learnable b of each super-batch of b / (1 - f).
 Writes WORKDIR/{reference,iid,jest}/metrics.jsonl, summary.json, curves.png
 and prints a comparison table.
+
+On your own data (converted with `convert_folder` / `convert_shards`):
+
+  python -m jest_jax.demo --workdir runs/mine --pool my_pool \
+      --curated my_curated [--data_dir DIR] [--set evals.NAME.KEY=VALUE]
+
+`--pool NAME[:SPLIT]` is what the learners train on and the reference
+embeds (split default train), `--curated NAME[:SPLIT]` what the reference
+trains on (default: the pool dataset's `curated` split). Both learners use
+the reference's tokenizer; the evaluators read the pool's `validation`
+split when it has one (`convert_folder --holdout`).
 """
 
 import json
@@ -26,10 +37,8 @@ from jest_jax import input_pipeline
 from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
 from jest_jax import train
+from jest_jax.data import tokenizer as tokenizer_lib
 
-# Config loading is config_lib's; these names stay for notebooks/jest_demo.
-load_config = config_lib.load_config
-apply_overrides = config_lib.apply_overrides
 
 
 def _stage(text):
@@ -38,23 +47,44 @@ def _stage(text):
   print(text, flush=True)
 
 
+def _dataset(value, default_split):
+  """`NAME[:SPLIT]` -> `(name, split)`."""
+  name, _, split = value.partition(":")
+  return name, split or default_split
+
+
 def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
-             eval_every, overrides=()):
-  """Runs the four stages; returns the summary dict written to summary.json."""
-  def configure(config):
+             eval_every, overrides=(), pool="", curated="", data_dir=""):
+  """Runs the four stages; returns the summary dict written to summary.json.
+
+  `pool`, `curated`: `NAME[:SPLIT]` of prepared datasets (see the module
+  docstring); empty: the built-in corpus.
+  """
+  pool_name, pool_split = _dataset(pool, "train")
+  curated_name, curated_split = _dataset(curated or pool, "curated")
+  if curated and not pool:
+    raise config_lib.ConfigError("--curated needs --pool (the training data)")
+
+  def configure(config, name="", split=""):
     config.eval_every = eval_every
     config.checkpoint_every = eval_every
+    if name:
+      config.data.update(dict(name="tfds", tfds_name=name, split=split,
+                              data_dir=data_dir or config.data.data_dir))
     return config_lib.apply_overrides(config, overrides)
 
   summary = {}
   ref_dir = os.path.join(workdir, "reference")
-  config = configure(config_lib.load_config("reference", f"steps={reference_steps},"
-                                 f"seed={seed}"))
+  config = configure(config_lib.load_config(
+      "reference", f"steps={reference_steps},seed={seed}"),
+      curated_name, curated_split)
   _stage(f"== stage 1/4: reference model -> {ref_dir}")
   summary["reference"], _ = train.train_and_evaluate(config, ref_dir)
 
   _stage("== stage 2/4: reference embeddings of the training split")
-  cache_dir, manifest = cache_reference.build_cache(ref_dir, "train")
+  cache_dir, manifest = cache_reference.build_cache(
+      ref_dir, pool_split, data_overrides=dict(tfds_name=pool_name)
+      if pool_name else None)
   summary["reference_cache"] = dict(
       dir=cache_dir, count=manifest["count"],
       build_seconds=manifest.get("build_seconds"))
@@ -65,7 +95,10 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
               f"seed={seed}",
   }
   for i, (name, arg) in enumerate(runs.items()):
-    config = configure(config_lib.load_config("jest", arg))
+    config = configure(config_lib.load_config("jest", arg), pool_name,
+                       pool_split)
+    if pool_name and not config.data.tokenizer:  # The reference's ids.
+      config.data.tokenizer = os.path.join(ref_dir, tokenizer_lib.WORKDIR_FILE)
     if name != "iid":
       config.reference.cache_dir = cache_dir
       config.reference.workdir = ref_dir
@@ -132,7 +165,8 @@ def main(argv):
     summary = run_demo(
         workdir, steps=_STEPS.value, reference_steps=_REFERENCE_STEPS.value,
         filter_ratio=_FILTER_RATIO.value, seed=_SEED.value,
-        eval_every=_EVAL_EVERY.value, overrides=_OVERRIDES.value)
+        eval_every=_EVAL_EVERY.value, overrides=_OVERRIDES.value,
+        pool=_POOL.value, curated=_CURATED.value, data_dir=_DATA_DIR.value)
   except (config_lib.ConfigError, train.TrainingError,
           reference_cache.CacheError, input_pipeline.DataError) as e:
     sys.exit(f"error: {e}")
@@ -147,7 +181,7 @@ def _define_flags():
   """CLI flags, defined only when this module is the program (other
   programs import its functions)."""
   global _WORKDIR, _STEPS, _REFERENCE_STEPS, _FILTER_RATIO, _SEED
-  global _EVAL_EVERY, _OVERRIDES
+  global _EVAL_EVERY, _OVERRIDES, _POOL, _CURATED, _DATA_DIR
   _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
   _STEPS = flags.DEFINE_integer("steps", 3000, "Learner steps (IID and JEST).")
   _REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 4000,
@@ -158,6 +192,14 @@ def _define_flags():
   _OVERRIDES = flags.DEFINE_multi_string(
       "set", [], "Config overrides for every run, key=value (e.g. "
       "data.n_train=20000); may repeat.")
+  _POOL = flags.DEFINE_string(
+      "pool", "", "Your training data, a prepared dataset NAME[:SPLIT] "
+      "(default split train); empty: the built-in corpus.")
+  _CURATED = flags.DEFINE_string(
+      "curated", "", "The reference's data, NAME[:SPLIT] (default: the "
+      "pool's 'curated' split).")
+  _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir of --pool "
+                                  "and --curated.")
 
 
 if __name__ == "__main__":

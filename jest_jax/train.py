@@ -42,6 +42,7 @@ from jest_jax import optim
 from jest_jax import reference_cache
 from jest_jax import selection
 from jest_jax import sharding
+from jest_jax.data import tokenizer as tokenizer_lib
 from jest_jax.errors import TrainingError
 from jest_jax.models import two_tower
 
@@ -267,6 +268,11 @@ def load_reference(config):
     params, _ = restore_params(config.reference.workdir)
     checkpoint_fingerprint = reference_cache.params_fingerprint(params)
   try:
+    tokenizer_lib.check_cache_tokenizer(config.reference.cache_dir,
+                                        input_pipeline.tokenizer(config.data))
+  except tokenizer_lib.TokenizerMismatch as e:
+    raise TrainingError(str(e)) from None
+  try:
     records = input_pipeline.open_records(config.data, config.data.split)
     return reference_cache.open_cache(
         config.reference.cache_dir,
@@ -311,24 +317,6 @@ def compile_step(functions, state, super_batch, ref_batch, key, reference):
   if reference is not None and "build_flops" in reference.manifest:
     measured["flops/reference_cache"] = reference.manifest["build_flops"]
   return train_step, measured
-
-
-def make_evaluator(model, mesh, config, functions):
-  """`params -> {eval/...: value}`, at the small patch and, with
-  `config.patch.eval_large`, at the large one as `eval/large/...`."""
-  encoders = {"": evaluate.Encoder(model, mesh, config.eval.batch_size,
-                                   patch_size=functions.small_patch)}
-  if config.patch.eval_large:
-    encoders["large/"] = evaluate.Encoder(model, mesh, config.eval.batch_size,
-                                          patch_size=functions.large_patch)
-
-  def run_evals(params):
-    results = {}
-    for prefix, encoder in encoders.items():
-      for key, value in evaluate.evaluate(encoder, params, config.data).items():
-        results[key.replace("eval/", f"eval/{prefix}")] = value
-    return results
-  return run_evals
 
 
 def check_finite(config, step, loss, checkpoints):
@@ -384,6 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # mesh
   mesh = sharding.make_mesh(config.mesh.num_devices)
+  if not config.data.tokenizer:  # A learner takes its reference's tokenizer.
+    config.data.tokenizer = tokenizer_lib.reference_tokenizer(config)
   config_lib.validate(config, num_devices=mesh.size)
   if lead:
     checkpointing.save_config(workdir, config)
@@ -395,6 +385,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                           super_batch_size, config.seed,
                                           reference=reference)
   tokenizer = input_pipeline.tokenizer(config.data)
+  if lead:
+    try:
+      tokenizer_lib.record_in_workdir(workdir, tokenizer)
+    except tokenizer_lib.TokenizerMismatch as e:
+      raise TrainingError(str(e)) from None
 
   # model, optimiser, checkpoint / resume
   model = build_model(config, tokenizer.vocab_size)
@@ -409,7 +404,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # step (compiled before the loop from the first step's inputs) and evals
   functions = StepFunctions(model, optimizer, config, mesh)
-  run_evals = make_evaluator(model, mesh, config, functions)
+  patch_sizes = {"": functions.small_patch}
+  if config.patch.eval_large:
+    patch_sizes["large/"] = functions.large_patch
+  evaluators = evaluate.build(config, model, mesh, patch_sizes, tokenizer)
   base_key = jax.random.key(config.seed)
   last_step = config.total_steps
   if stop_after is not None:
@@ -445,12 +443,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       row["train/examples_per_s"], row["train/step_seconds"] = progress.log(
           step, row["train/loss"])
       logged.append(row)
-    if _is_every(step, config.eval_every, config):
+    if evaluators.due(step):
       with progress.excluded():
-        final_eval = run_evals(state.params)
-      row.update(final_eval)
+        results = evaluators.run(state.params, step)
+      final_eval.update(results)
+      row.update(results)
       row.setdefault("examples_seen", step * config.batch_size)
-      progress.eval(step, final_eval)
+      progress.eval(step, results)
     if row:
       writer.write(step, row)
     if step % config.checkpoint_every == 0 or step == last_step:
@@ -464,7 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress.close()
 
   if not final_eval:  # Already finished before this process started.
-    final_eval = run_evals(state.params)
+    final_eval = evaluators.run(state.params)
   rows = metrics_lib.read_metrics(workdir) if lead else logged
   summary = dict(step=int(step), wall_seconds=time.perf_counter() - t_start,
                  **final_eval, **flops, **corrupt_shares(rows))

@@ -310,3 +310,61 @@ def test_datasets_with_other_features_load_through_tfds(tmp_path):
       f"first {i}" for i in range(4)]
   np.testing.assert_array_equal(
       split.arrays["image"][2], np.asarray(Image.open(io.BytesIO(_png(2)))))
+
+
+def test_holdout_split_is_disjoint_and_stable_across_runs(tmp_path):
+  root = str(tmp_path / "folder")
+  os.makedirs(root)
+  rows = make_folder(root, n=40)
+  write_jsonl(os.path.join(root, "a.jsonl"), rows)
+  write_jsonl(os.path.join(root, "b.jsonl"), rows[::-1])  # Another order.
+  files = {}
+  for run, captions in (("one", "a"), ("two", "b")):
+    data_dir = str(tmp_path / run)
+    report = convert_folder.convert(
+        root, {"train": os.path.join(root, f"{captions}.jsonl")}, "held",
+        data_dir, vocab_size=64, holdout=0.25)
+    files[run] = {}
+    for split in ("train", "validation"):
+      config_data = data_config(data_dir, "held")
+      records = input_pipeline.open_records(config_data, split)
+      files[run][split] = {_file_of(records.reader.source[i])
+                           for i in range(len(records))}
+      assert report["splits"][split]["kept"] == len(records)
+  one = files["one"]
+  assert one["train"].isdisjoint(one["validation"])
+  assert one["train"] | one["validation"] == {r["image"] for r in rows}
+  assert 0 < len(one["validation"]) < len(rows)
+  assert one["validation"] == files["two"]["validation"]
+  # The share is a hash of the key, independent of the other rows.
+  assert one["validation"] == {
+      r["image"] for r in rows
+      if convert_folder.holdout_share(r["image"]) < 0.25}
+
+
+def _file_of(serialized):
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  feature = tf_example_pb2.Example.FromString(serialized).features.feature
+  return feature["file"].bytes_list.value[0].decode()
+
+
+def test_label_column_becomes_a_class_label_feature(tmp_path):
+  root = str(tmp_path / "folder")
+  os.makedirs(root)
+  rows = make_folder(root, n=6)
+  for i, row in enumerate(rows):
+    row["label"] = ["dog", "cat", "bird"][i % 3]
+  rows[4].pop("label")  # A row without its label is a bad record.
+  write_jsonl(os.path.join(root, "captions.jsonl"), rows)
+  data_dir = str(tmp_path / "tfds")
+  report = convert_folder.convert(
+      root, {"train": os.path.join(root, "captions.jsonl")}, "animals",
+      data_dir, vocab_size=64)
+  assert report["class_names"] == ["bird", "cat", "dog"]
+  assert report["splits"]["train"] == {"kept": 5, "skipped": 1}
+  assert "missing label" in report["skipped"][0]["reason"]
+  split = input_pipeline.load_split(data_config(data_dir, "animals"), "train")
+  kept = [r for i, r in enumerate(rows) if i != 4]
+  np.testing.assert_array_equal(
+      split.arrays["label"],
+      [report["class_names"].index(r["label"]) for r in kept])

@@ -11,6 +11,9 @@ import numpy as np
 from PIL import Image
 
 from jest_jax import metrics as metrics_lib
+from jest_jax import reference_cache
+from jest_jax.data import convert_folder
+from jest_jax.data import tokenizer as tokenizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50),
@@ -31,8 +34,8 @@ def run_cli(module, *args):
 
 
 def make_folder(root):
-  """48 JPEGs of a coloured square on grey, in two captions files (train,
-  and a clean curated split for the reference)."""
+  """48 JPEGs of a coloured square on grey, labelled by colour, in two
+  captions files (train, and a clean curated split for the reference)."""
   rng = np.random.default_rng(0)
   rows = []
   for i in range(48):
@@ -41,7 +44,8 @@ def make_folder(root):
     top, left = rng.integers(0, 20), rng.integers(0, 28)
     pixels[top:top + 20, left:left + 20] = colour
     Image.fromarray(pixels).save(os.path.join(root, f"{i}.jpg"))
-    rows.append({"image": f"{i}.jpg", "caption": f"a {name} square"})
+    rows.append({"image": f"{i}.jpg", "caption": f"a {name} square",
+                 "label": name})
   for split, split_rows in (("train", rows), ("curated", rows[:32])):
     with open(os.path.join(root, f"{split}.jsonl"), "w") as f:
       for row in split_rows:
@@ -59,8 +63,12 @@ def test_convert_cache_train_recipe_runs_end_to_end(tmp_path):
   result = run_cli("jest_jax.data.convert_folder", "--images", str(folder),
                    "--captions", str(folder / "train.jsonl"),
                    "--captions", f"curated={folder / 'curated.jsonl'}",
-                   "--name", "my_pairs", "--data_dir", data_dir)
-  assert "train: 48 kept, 0 skipped" in result.stdout
+                   "--name", "my_pairs", "--data_dir", data_dir,
+                   "--holdout", "0.25")
+  held_out = sum(convert_folder.holdout_share(f"{i}.jpg") < 0.25
+                 for i in range(48))
+  assert f"train: {48 - held_out} kept, 0 skipped" in result.stdout
+  assert f"validation: {held_out} kept" in result.stdout
   # (A reference model: here trained for 2 steps on the curated split.)
   reference = str(tmp_path / "reference")
   run_cli("jest_jax.main", "--config", "configs/reference.py:steps=2", *data,
@@ -69,7 +77,13 @@ def test_convert_cache_train_recipe_runs_end_to_end(tmp_path):
   result = run_cli("jest_jax.cache_reference", "--workdir", reference,
                    "--split", "train")
   cache_dir = os.path.join(reference, "embeddings", "train")
-  assert "48 examples" in result.stdout
+  assert f"{48 - held_out} examples" in result.stdout
+  # The reference kept its tokenizer; the cache records it.
+  copy = tokenizer_lib.SentencePieceTokenizer.load(
+      os.path.join(reference, tokenizer_lib.WORKDIR_FILE))
+  assert reference_cache.read_manifest(cache_dir)["tokenizer"] == {
+      "fingerprint": copy.fingerprint,
+      "file": os.path.join(reference, tokenizer_lib.WORKDIR_FILE)}
   # 3. Train JEST on the folder with them.
   learner = str(tmp_path / "jest")
   result = run_cli(
@@ -82,3 +96,13 @@ def test_convert_cache_train_recipe_runs_end_to_end(tmp_path):
   rows = metrics_lib.read_metrics(learner)
   assert rows[-1]["examples_scored"] == 2 * rows[-1]["examples_seen"]
   assert np.isfinite(rows[-1]["train/loss"]) and "select/score" in rows[-1]
+  # Evaluated on the held-out split of this data, by the colour labels.
+  assert "eval retrieval (retrieval, every 2 steps) on my_pairs:validation" in (
+      result.stderr)
+  assert "eval zeroshot (zeroshot, every 2 steps) on my_pairs:validation" in (
+      result.stderr)
+  assert "built-in corpus's probes" not in result.stderr
+  for key in ("eval/zeroshot/top1", "eval/zeroshot/top5",
+              "eval/retrieval/i2t_r10", "eval/retrieval/t2i_r5",
+              "eval/zeroshot_top1", "eval/i2t_r1"):
+    assert 0.0 <= summary[key] <= 1.0, key

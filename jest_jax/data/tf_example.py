@@ -11,6 +11,7 @@ flag, a label) are read here directly:
   Tensor (uint8)       an array of the feature's shape
   Text                 bytes
   Scalar (bool, int)   a Python int / bool
+  ClassLabel           a Python int
 
 `FieldReader.for_features` returns None for anything else (nested or
 sequence features); the caller then uses TFDS's deserializer.
@@ -45,6 +46,8 @@ class FieldReader:
       feature = features[key]
       if isinstance(feature, (tfds.features.Image, tfds.features.Text)):
         fields.append(_Field(key, "bytes"))
+      elif isinstance(feature, tfds.features.ClassLabel):  # An int64.
+        fields.append(_Field(key, "scalar", dtype="int64"))
       elif isinstance(feature, tfds.features.Scalar):
         fields.append(_Field(key, "scalar", dtype=np.dtype(
             feature.np_dtype).name))

@@ -8,18 +8,41 @@ models trained here; a user's `.model` keeps its own ids).
 order; it is the obvious twin the SentencePiece model trained on the corpus is
 checked against. `train_sentencepiece` trains a model once on a dataset's
 captions; `SentencePieceTokenizer` loads one.
+
+One tokenizer per experiment. A reference model and the learners it scores
+for must share token ids. A run keeps a copy of the tokenizer it trained with
+in its workdir (`WORKDIR_FILE`); a reference cache records the tokenizer's
+fingerprint and file in its manifest (`manifest_entry`); a learner that uses
+the cache is checked against it (`check_cache_tokenizer`), and one configured
+with a reference workdir and no tokenizer of its own takes the reference's
+(`reference_tokenizer`). A tokenizer shared by several datasets (curated set
+and pool) is trained once on all their captions:
+
+  python -m jest_jax.data.tokenizer --captions curated.jsonl \
+      --captions pool.jsonl --output runs/spm.model [--vocab_size 1024]
+
+then given to each conversion as `convert_folder --tokenizer runs/spm.model`.
 """
 
 from collections.abc import Sequence
 import hashlib
 import io
+import json
 import os
+import sys
 
 import numpy as np
 
 from jest_jax.data import corpus
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+# A run's copy of the tokenizer it trained with, in its workdir.
+WORKDIR_FILE = "tokenizer.model"
+
+
+class TokenizerMismatch(ValueError):
+  """Two parts of one experiment use different tokenizers; the message names
+  both files and the fix."""
 _SPECIAL = ("<pad>", "<eos>", "<unk>")
 
 
@@ -105,8 +128,9 @@ class SentencePieceTokenizer:
     fingerprint: short hex hash of the model bytes.
   """
 
-  def __init__(self, model_proto: bytes):
+  def __init__(self, model_proto: bytes, path: str = ""):
     import sentencepiece  # pylint: disable=g-import-not-at-top
+    self.path = path  # The file it was loaded from ("" if none).
     self._model_proto = bytes(model_proto)
     self._processor = sentencepiece.SentencePieceProcessor(
         model_proto=self._model_proto)
@@ -120,13 +144,13 @@ class SentencePieceTokenizer:
   def load(cls, path: str) -> "SentencePieceTokenizer":
     """Reads a `.model` file."""
     with open(path, "rb") as f:
-      return cls(f.read())
+      return cls(f.read(), os.path.abspath(path))
 
   def __getstate__(self):
-    return self._model_proto
+    return self._model_proto, self.path
 
-  def __setstate__(self, model_proto):
-    self.__init__(model_proto)
+  def __setstate__(self, state):
+    self.__init__(*state)
 
   @property
   def model_proto(self) -> bytes:
@@ -206,4 +230,126 @@ def train_sentencepiece(texts: Sequence[str], path: str, *, vocab_size: int,
   with open(tmp, "wb") as f:
     f.write(buffer.getvalue())
   os.replace(tmp, path)
-  return SentencePieceTokenizer(buffer.getvalue())
+  return SentencePieceTokenizer(buffer.getvalue(), os.path.abspath(path))
+
+
+# ---------------------------------------------- one tokenizer per run --
+
+
+def _workdir_path(workdir):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(workdir) / WORKDIR_FILE
+
+
+def record_in_workdir(workdir, tokenizer):
+  """Keeps a copy of `tokenizer` as `WORKDIR/tokenizer.model`.
+
+  Raises:
+    TokenizerMismatch: the workdir already holds another tokenizer (a resumed
+      run whose data config changed).
+  """
+  path = _workdir_path(workdir)
+  if path.exists():
+    old = SentencePieceTokenizer(path.read_bytes(), os.fspath(path))
+    if old.fingerprint != tokenizer.fingerprint:
+      raise TokenizerMismatch(
+          f"{workdir} was trained with tokenizer {path} (fingerprint "
+          f"{old.fingerprint}), this run tokenizes with "
+          f"{tokenizer.path or 'another model'} ({tokenizer.fingerprint}); "
+          f"set config.data.tokenizer={path} or use a new workdir")
+    return os.fspath(path)
+  tmp = path.parent / f"{WORKDIR_FILE}.tmp{os.getpid()}"
+  tmp.write_bytes(tokenizer.model_proto)
+  tmp.rename(path)
+  return os.fspath(path)
+
+
+def workdir_tokenizer(workdir):
+  """`WORKDIR/tokenizer.model` if the run recorded one, else ""."""
+  path = _workdir_path(workdir) if workdir else None
+  return os.fspath(path) if path is not None and path.exists() else ""
+
+
+def manifest_entry(tokenizer):
+  """What a reference cache's manifest records of the tokenizer its
+  captions were embedded with: `{"fingerprint", "file"}`."""
+  return {"fingerprint": tokenizer.fingerprint, "file": tokenizer.path}
+
+
+def reference_tokenizer(config):
+  """The tokenizer file a learner configured with `config.reference` uses
+  when `config.data.tokenizer` is empty: the reference workdir's copy, else
+  the file the cache's manifest names, else "" (the data's own)."""
+  path = workdir_tokenizer(config.reference.get("workdir", ""))
+  if path or not config.reference.get("cache_dir", ""):
+    return path
+  entry = _cache_entry(config.reference.cache_dir)
+  if entry and entry.get("file") and os.path.exists(entry["file"]):
+    return entry["file"]
+  return ""
+
+
+def _cache_entry(cache_dir):
+  from jest_jax import reference_cache  # pylint: disable=g-import-not-at-top
+  try:
+    return reference_cache.read_manifest(cache_dir).get("tokenizer")
+  except reference_cache.CacheError:
+    return None
+
+
+def check_cache_tokenizer(cache_dir, tokenizer):
+  """Refuses a learner whose tokenizer is not its reference cache's.
+
+  A cache built before manifests recorded tokenizers passes (its dataset
+  fingerprint still covers the tokenizer).
+
+  Raises:
+    TokenizerMismatch: one line naming both files.
+  """
+  entry = _cache_entry(cache_dir)
+  if not entry or entry.get("fingerprint") == tokenizer.fingerprint:
+    return
+  theirs = entry.get("file") or "an unrecorded file"
+  raise TokenizerMismatch(
+      f"this run tokenizes with {tokenizer.path or 'an in-memory model'} "
+      f"(fingerprint {tokenizer.fingerprint}) but reference cache {cache_dir} "
+      f"was embedded with {theirs} (fingerprint {entry.get('fingerprint')}); "
+      f"set config.data.tokenizer={theirs}")
+
+
+# ------------------------------------------------------------------ CLI --
+
+
+def main(argv=None):
+  """`--captions FILE` (repeat) `--output PATH.model`: one tokenizer
+  trained on every file's captions, in the order given."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  from jest_jax.data import convert_folder  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog="python -m jest_jax.data.tokenizer",
+      description="Train one SentencePiece tokenizer on several captions "
+      "files (JSONL or CSV, as convert_folder reads them).")
+  parser.add_argument("--captions", action="append", required=True)
+  parser.add_argument("--output", required=True)
+  parser.add_argument("--vocab_size", type=int, default=256)
+  parser.add_argument("--model_type", default="unigram",
+                      choices=["unigram", "bpe", "word", "char"])
+  args = parser.parse_args(argv)
+  texts = []
+  try:
+    for path in args.captions:
+      texts += [caption for _, _, caption, _ in
+                convert_folder.read_captions(path)
+                if isinstance(caption, str) and caption.strip()]
+    model = train_sentencepiece(texts, args.output,
+                                vocab_size=args.vocab_size,
+                                model_type=args.model_type)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps({"output": args.output, "captions": len(texts),
+                    "vocab_size": model.vocab_size,
+                    "fingerprint": model.fingerprint}))
+
+
+if __name__ == "__main__":
+  main()
