@@ -33,8 +33,10 @@ _CHILD = flags.DEFINE_string("child", "", "Internal: run these cases here.")
 
 GiB = 2.0 ** 30
 # name -> (method, image variant, text variant, per-chip trained, options)
-NO_OPTIONS = dict(dtype="float32", remat=False, fsdp=1)
-MEMORY = dict(dtype="bfloat16", remat=True, fsdp=1)
+NO_OPTIONS = dict(dtype="float32", remat=False, scan=False, fsdp=1)
+MEMORY = dict(dtype="bfloat16", remat=True, scan=False, fsdp=1)
+# The shipped tpu_* default: scanned, rematerialised layers, bf16.
+SCANNED = dict(MEMORY, scan=True)
 CASES = {
     "iid": ("iid", "B/16", "B", 128, NO_OPTIONS),
     "jest": ("jest", "B/16", "B", 128, NO_OPTIONS),
@@ -48,13 +50,20 @@ CASES = {
     "flexi_jest+remat+bf16": ("flexi_jest", "B/16", "B", 128, MEMORY),
     "flexi_jest+remat+bf16+fsdp2": ("flexi_jest", "B/16", "B", 128,
                                     dict(MEMORY, fsdp=2)),
+    "iid+scan+remat+bf16": ("iid", "B/16", "B", 128, SCANNED),
+    "jest+scan+remat+bf16": ("jest", "B/16", "B", 128, SCANNED),
+    "flexi_jest+scan+remat+bf16": ("flexi_jest", "B/16", "B", 128, SCANNED),
+    "L16 flexi_jest+scan+remat+bf16+fsdp8": ("flexi_jest", "L/16", "L", 128,
+                                             dict(SCANNED, fsdp=8)),
     "L16 flexi_jest+remat+bf16": ("flexi_jest", "L/16", "L", 128, MEMORY),
     "L16 flexi_jest+remat+bf16+fsdp8": ("flexi_jest", "L/16", "L", 128,
                                         dict(MEMORY, fsdp=8)),
 }
 DEFAULT = ["iid", "jest", "flexi_jest", "flexi_jest+remat", "flexi_jest+bf16",
            "jest+remat+bf16", "flexi_jest+remat+bf16",
-           "flexi_jest+remat+bf16+fsdp2", "L16 flexi_jest+remat+bf16"]
+           "flexi_jest+remat+bf16+fsdp2", "iid+scan+remat+bf16",
+           "jest+scan+remat+bf16", "flexi_jest+scan+remat+bf16",
+           "L16 flexi_jest+scan+remat+bf16+fsdp8"]
 
 
 def measure(name, devices):
@@ -78,6 +87,7 @@ def measure(name, devices):
   config.model.text.variant = text_variant
   config.model.dtype = options["dtype"]
   config.model.remat = options["remat"]
+  config.model.scan = options["scan"]
   config.mesh.fsdp = options["fsdp"]
   if config.selection.kind != "uniform":
     config.selection.n_chunks = 16
