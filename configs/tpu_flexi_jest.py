@@ -14,6 +14,14 @@ cosine, weight decay 1e-4, clip 1, 3B training examples.
 `method`: iid, jest (scores at patch 16) or flexi_jest (scores at patch 32,
 trains half of each sub-batch at 32). Its shapes are checked on CPU by
 tests/test_configs.py without running it.
+
+Memory (docs/design.md §8): bfloat16 activations with float32 parameters
+and rematerialised transformer blocks under `nn.scan` by default (big_vision's
+stacked `encoderblock` layout; `models/big_vision_io.py` loads either), chosen from the per-chip
+memory of the compiled step (`benchmarks/pod_memory.py`, README table) so
+that 128 trained / 640 scored 256px images per chip fit a 16 GiB chip.
+`fsdp=N` splits parameters and optimiser state over N chips (for L/16 and
+larger: `image=L/16,text=L,fsdp=8`).
 """
 
 from jest_jax import config_lib
@@ -24,7 +32,9 @@ TRAINING_EXAMPLES = 3_000_000_000
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, method="flexi_jest", tfds_name="my_pairs",
                              batch_size=32768, filter_ratio=0.8,
-                             examples=TRAINING_EXAMPLES, vocab_size=32000)
+                             examples=TRAINING_EXAMPLES, vocab_size=32000,
+                             image="B/16", text="B", dtype="bfloat16",
+                             remat=True, scan=True, fsdp=1)
   if arg.method not in ("iid", "jest", "flexi_jest"):
     raise config_lib.ConfigError(
         f"config argument method={arg.method!r}: use iid, jest or flexi_jest")
@@ -43,8 +53,13 @@ def get_config(arg=None):
   config.data.num_workers = 8
   config.data.prefetch = 4
 
-  config.model.image = dict(variant="B/16", image_size=256, pool_type="map")
-  config.model.text = dict(variant="B", pool_type="last")
+  config.model.image = dict(variant=arg.image, image_size=256,
+                            pool_type="map")
+  config.model.text = dict(variant=arg.text, pool_type="last")
+  config.model.dtype = arg.dtype
+  config.model.remat = arg.remat
+  config.model.scan = arg.scan
+  config.mesh.fsdp = arg.fsdp
   config.model.out_dim = 768
   # Recorded for shape checks; the real vocabulary is the data tokenizer's.
   config.model.vocab_size_hint = arg.vocab_size

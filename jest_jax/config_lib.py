@@ -172,6 +172,13 @@ def base_config():
   config.model.out_dim = 64
   config.model.temperature_init = 10.0
   config.model.bias_init = -10.0
+  # Memory (both towers; docs/design.md §8): activation dtype ("bfloat16"
+  # halves activations, parameters and optimiser state stay float32),
+  # rematerialised transformer blocks, layers under nn.scan (big_vision's
+  # stacked parameter layout).
+  config.model.dtype = "float32"
+  config.model.remat = False
+  config.model.scan = False
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-3
@@ -224,6 +231,12 @@ def base_config():
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = -1  # -1: all devices.
+  # Devices along the `fsdp` mesh axis (batches split over all devices;
+  # parameters / optimiser state split over `fsdp` where a rule says so).
+  config.mesh.fsdp = 1
+  # (regex on a parameter's path, "fsdp" or "replicate"), first match wins
+  # (jest_jax/sharding.py). With mesh.fsdp = 1 everything is replicated.
+  config.sharding_rules = ((".*", "fsdp"),)
   return config
 
 
@@ -284,6 +297,7 @@ def validate(config, num_devices=1):
     fail("selection.n_chunks", f"with scope='local' it must divide the "
          f"per-device sub-batch {config.batch_size // num_devices}")
   _validate_patches(config, fail)
+  _validate_memory(config, fail, num_devices)
   if needs_reference(config) and not config.reference.cache_dir:
     fail("reference.cache_dir",
          f"selection with scoring={sel.scoring!r} needs reference embeddings; "
@@ -327,6 +341,18 @@ def _validate_patches(config, fail):
   if needs_large and not patch.large:
     fail("patch.large", "set a large patch size for large_fraction > 0, "
          "score='large' or eval_large")
+
+
+def _validate_memory(config, fail, num_devices):
+  if config.model.dtype not in ("float32", "bfloat16"):
+    fail("model.dtype", "must be 'float32' or 'bfloat16'")
+  fsdp = config.mesh.fsdp
+  if fsdp < 1 or num_devices % fsdp:
+    fail("mesh.fsdp", f"must be a positive divisor of the number of devices "
+         f"({num_devices})")
+  for rule in config.sharding_rules:
+    if len(rule) != 2 or rule[1] not in ("fsdp", "replicate"):
+      fail("sharding_rules", "each rule is (regex, 'fsdp' or 'replicate')")
 
 
 def _validate_data(config, fail):

@@ -62,36 +62,63 @@ class TrainState:
 
 
 def build_model(config, vocab_size):
-  text = dict(config.model.text)
+  """The two-tower model of `config.model`; `dtype` (activations), `remat`
+  and `scan` apply to both towers, parameters stay float32."""
+  memory = dict(dtype=jnp.dtype(config.model.get("dtype", "float32")),
+                remat=config.model.get("remat", False),
+                scan=config.model.get("scan", False))
+  text = {**memory, **dict(config.model.text)}
   text["vocab_size"] = vocab_size
   return two_tower.Model(
-      image=dict(config.model.image), text=text, out_dim=config.model.out_dim,
+      image={**memory, **dict(config.model.image)}, text=text,
+      out_dim=config.model.out_dim,
       temperature_init=config.model.temperature_init,
       bias_init=config.model.bias_init)
 
 
-def init_state(model, optimizer, config, mesh, image_shape, max_tokens):
-  """Replicated initial TrainState; params are a function of `config.seed`."""
+def _init_fn(model, optimizer, image_shape, max_tokens):
   def init(key):
     images = jnp.zeros((2, *image_shape), jnp.float32)
     tokens = jnp.zeros((2, max_tokens), jnp.int32)
     params = model.init(key, images, tokens)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params))
+  return init
+
+
+def state_shardings(model, optimizer, config, mesh, image_shape, max_tokens):
+  """The TrainState's shardings: params and optimiser state by
+  `config.sharding_rules` (sharding.py), the step replicated."""
+  abstract = jax.eval_shape(_init_fn(model, optimizer, image_shape,
+                                     max_tokens), jax.random.key(0))
+  rules = config.get("sharding_rules", ())
+  return TrainState(
+      step=sharding.replicated(mesh),
+      params=sharding.tree_shardings(abstract.params, mesh, rules),
+      opt_state=sharding.tree_shardings(abstract.opt_state, mesh, rules))
+
+
+def init_state(model, optimizer, config, mesh, image_shape, max_tokens):
+  """Initial TrainState sharded by `state_shardings`; params are a function
+  of `config.seed` (not of the mesh)."""
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
+  out = state_shardings(model, optimizer, config, mesh, image_shape,
+                        max_tokens)
+  return jax.jit(_init_fn(model, optimizer, image_shape, max_tokens),
+                 out_shardings=out)(key)
 
 
 # ----------------------------------------------------------------- step --
 
 
 def split_for_resolutions(sub_batch_size, large_fraction, mode, key):
-  """Which rows of the sub-batch are encoded at the small / large patch.
+  """Which rows of a (shard's) sub-batch are encoded at the small / large
+  patch.
 
   Returns `(small_rows, large_rows)`, int32 index vectors of static lengths
   `b - n_large` and `n_large`, `n_large = round(b * large_fraction)`.
-  `mode="random"` draws the split from `key` (docs/design.md §3: random halves);
-  `"interleave"` spreads the large rows evenly (the paper's listing).
+  `mode="random"` draws the split from `key` (docs/design.md §3: random
+  halves); `"interleave"` spreads the large rows evenly (the paper's listing).
   """
   n_large = int(round(sub_batch_size * large_fraction))
   if mode == "random":
@@ -103,6 +130,23 @@ def split_for_resolutions(sub_batch_size, large_fraction, mode, key):
                 > np.floor(rows * large_fraction))
     order = jnp.asarray(np.concatenate([rows[~is_large], rows[is_large]]))
   return order[:sub_batch_size - n_large], order[sub_batch_size - n_large:]
+
+
+def shard_splits(sub_batch_size, large_fraction, mode, key, shards):
+  """`split_for_resolutions` of each shard's own `b / shards` rows.
+
+  Returns `(small_rows, large_rows)`, int32 `[shards, n_small]` and
+  `[shards, n_large]` of row indices local to the shard. Shard s draws from
+  `fold_in(key, s)`, so its split depends on (seed, step, shard) only; one
+  shard keeps the whole-batch draw from `key` itself.
+  """
+  local = sub_batch_size // shards
+  if shards == 1:
+    small, large = split_for_resolutions(local, large_fraction, mode, key)
+    return small[None], large[None]
+  keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(shards))
+  return jax.vmap(lambda k: split_for_resolutions(local, large_fraction, mode,
+                                                  k))(keys)
 
 
 class StepFunctions:
@@ -130,18 +174,25 @@ class StepFunctions:
     self.large_patch = patch.large or None
     self.score_patch = (self.large_patch if patch.score == "large"
                         else self.small_patch)
+    self.batch_shards = sharding.batch_shards(mesh)
 
-  def embed(self, params, images, tokens, patch_size):
+  def embed(self, params, images, tokens, patch_size, dropout_rng=None):
+    """Embeddings of a batch; dropout (train mode) only with a `dropout_rng`:
+    scoring and evaluation are deterministic."""
+    train = dropout_rng is not None
     return self.model.apply({"params": params},
                             evaluate.preprocess_images(images), tokens,
-                            patch_size=patch_size)
+                            patch_size=patch_size, train=train,
+                            rngs={"dropout": dropout_rng} if train else None)
 
   def score(self, params, super_batch):
     zimg, ztxt, out = self.embed(jax.lax.stop_gradient(params),
                                  super_batch["image"], super_batch["tokens"],
                                  self.score_patch)
-    return selection.Embeddings(image=zimg, text=ztxt, temperature=out["t"],
-                                bias=out["b"])
+    # The selection kernel runs in float32 whatever the model's dtype.
+    return selection.Embeddings(image=zimg.astype(jnp.float32),
+                                text=ztxt.astype(jnp.float32),
+                                temperature=out["t"], bias=out["b"])
 
   def select(self, key, learner, reference):
     sel = self.config.selection
@@ -151,31 +202,51 @@ class StepFunctions:
         scoring=sel.scoring, gain=sel.gain, n_chunks=sel.n_chunks,
         loss=sel.loss, refine_sweeps=sel.refine_sweeps)
 
-  def sub_batch_embeddings(self, params, sub_batch, key):
+  def sub_batch_embeddings(self, params, sub_batch, key, dropout_rng=None):
     """Embeds the trained sub-batch, part at the small patch and part at the
-    large one (Flexi-JEST), rows re-ordered consistently in both towers."""
+    large one (Flexi-JEST), rows re-ordered consistently in both towers.
+
+    Each batch shard splits its own rows (`shard_splits`), so a device
+    encodes only rows it holds: `[D, b/D]` views keep every gather local.
+    Returns `(zimg, ztxt, out)`, embeddings `[b, d]` whose rows are, per
+    shard, its small rows then its large rows (the loss does not depend on
+    the order of the pairs).
+    """
     patch = self.config.patch
     images, tokens = sub_batch["image"], sub_batch["tokens"]
     if not patch.large_fraction:
-      return self.embed(params, images, tokens, self.small_patch)
-    small, large = split_for_resolutions(
-        self.sub_batch_size, patch.large_fraction, patch.split, key)
-    order = jnp.concatenate([small, large])
-    zimg_small, ztxt, out = self.embed(params, images[small], tokens[order],
-                                       self.small_patch)
-    zimg_large, _, _ = self.embed(params, images[large], None,
-                                  self.large_patch)
-    return jnp.concatenate([zimg_small, zimg_large]), ztxt, out
+      return self.embed(params, images, tokens, self.small_patch, dropout_rng)
+    shards = self.batch_shards
+    small, large = shard_splits(self.sub_batch_size, patch.large_fraction,
+                                patch.split, key, shards)
+    order = jnp.concatenate([small, large], axis=1)
+    images_small, images_large, tokens = _take_local_rows(
+        self.mesh, (images, small), (images, large), (tokens, order))
+    small_rng = large_rng = None
+    if dropout_rng is not None:
+      small_rng, large_rng = jax.random.split(dropout_rng)
+    zimg_small, ztxt, out = self.embed(params, images_small, tokens,
+                                       self.small_patch, small_rng)
+    zimg_large, _, _ = self.embed(params, images_large, None,
+                                  self.large_patch, large_rng)
+    per_shard = lambda z: z.reshape(shards, -1, z.shape[-1])
+    zimg = jnp.concatenate([per_shard(zimg_small), per_shard(zimg_large)],
+                           axis=1)
+    return zimg.reshape(ztxt.shape), ztxt, out
 
-  def loss(self, params, sub_batch, key):
-    zimg, ztxt, out = self.sub_batch_embeddings(params, sub_batch, key)
+  def loss(self, params, sub_batch, key, dropout_rng=None):
+    """Training loss; `key` draws the resolution split, `dropout_rng` (None:
+    no dropout) the dropout masks."""
+    zimg, ztxt, out = self.sub_batch_embeddings(params, sub_batch, key,
+                                                dropout_rng)
     loss = losses.contrastive_loss(self.config.loss, zimg, ztxt, out["t"],
                                    out["b"])
     return loss, out
 
   def update(self, state, sub_batch, key):
+    split_key, dropout_rng = jax.random.split(key)
     (loss, out), grads = jax.value_and_grad(self.loss, has_aux=True)(
-        state.params, sub_batch, key)
+        state.params, sub_batch, split_key, dropout_rng)
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)
     params = optax.apply_updates(state.params, updates)
@@ -228,19 +299,40 @@ class StepFunctions:
     }
 
   def shardings(self):
+    """(state, batch, reference, replicated) shardings of `step`'s inputs."""
     replicated = sharding.replicated(self.mesh)
     data = sharding.data_sharding(self.mesh)
     reference = None
     if config_lib.needs_reference(self.config):
       reference = selection.Embeddings(image=data, text=data,
                                        temperature=replicated, bias=replicated)
-    return replicated, data, reference
+    image_size = self.config.data.image_size
+    state = state_shardings(self.model, self.optimizer, self.config,
+                            self.mesh, (image_size, image_size, 3),
+                            self.config.data.max_tokens)
+    return state, data, reference, replicated
 
   def jit_step(self):
-    replicated, data, reference = self.shardings()
+    state, data, reference, replicated = self.shardings()
     return jax.jit(self.step,
-                   in_shardings=(replicated, data, reference, replicated),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+                   in_shardings=(state, data, reference, replicated),
+                   out_shardings=(state, replicated), donate_argnums=(0,))
+
+
+def _take_local_rows(mesh, *arrays_and_rows):
+  """`x[rows[s]]` within each batch shard s, for pairs `(x [n, ...], rows
+  [D, k])` (x sharded over the batch axes, D shards, rows local indices):
+  returns arrays `[D * k, ...]` sharded the same way, with no cross-device
+  traffic."""
+  spec = sharding.batch_spec(mesh)
+
+  def local(*pairs):
+    return tuple(jnp.take(x, rows[0], axis=0) for x, rows in pairs)
+
+  return jax.shard_map(local, mesh=mesh,
+                       in_specs=tuple((spec, spec) for _ in arrays_and_rows),
+                       out_specs=tuple(spec for _ in arrays_and_rows))(
+                           *arrays_and_rows)
 
 
 # -------------------------------------------------------------- the run --
@@ -371,7 +463,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
 
   # mesh
-  mesh = sharding.make_mesh(config.mesh.num_devices)
+  mesh = sharding.make_mesh(config.mesh.num_devices,
+                            config.mesh.get("fsdp", 1))
   if not config.data.tokenizer:  # A learner takes its reference's tokenizer.
     config.data.tokenizer = tokenizer_lib.reference_tokenizer(config)
   config_lib.validate(config, num_devices=mesh.size)

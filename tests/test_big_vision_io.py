@@ -78,3 +78,23 @@ def test_missing_parameter_is_refused_naming_it(tmp_path):
   with pytest.raises(big_vision_io.CheckpointError,
                      match="no params/txt/Embed_0/embedding"):
     big_vision_io.load_npz(path, jax.eval_shape(lambda: init(tiny_model())))
+
+
+@pytest.mark.parametrize("scanned_checkpoint", [False, True])
+def test_a_scanned_model_loads_both_layouts_and_gives_the_same_embeddings(
+    tmp_path, scanned_checkpoint):
+  model = tiny_model()
+  scanned_model = two_tower.Model(
+      image=dict(variant="pico/8", image_size=16, pool_type="map", scan=True),
+      text=dict(variant="pico", depth=2, pool_type="last", vocab_size=50,
+                scan=True), out_dim=16)
+  saved = init(model, seed=3)
+  path = str(tmp_path / "siglip.npz")
+  write_big_vision_npz(path, saved, scanned=scanned_checkpoint)
+  abstract = jax.eval_shape(lambda: init(scanned_model, seed=0))
+  assert abstract["txt"]["Encoder_0"]["encoderblock"]["LayerNorm_0"][
+      "scale"].shape == (2, 64)
+  loaded = big_vision_io.load_npz(path, abstract)
+  for want, got in zip(embeddings(model, saved),
+                       embeddings(scanned_model, loaded)):
+    np.testing.assert_allclose(want, got, atol=1e-5)

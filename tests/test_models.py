@@ -314,3 +314,55 @@ def test_bfloat16_activations_keep_float32_params_and_close_outputs(
   # Unit vectors of 16 entries; bf16 rounding moves them by ~5e-3.
   assert float(jnp.max(jnp.abs(zimg_bf - zimg))) < 0.02
   assert float(jnp.max(jnp.abs(ztxt_bf - ztxt))) < 0.02
+
+
+def _stack_layers(params):
+  """Unscanned params -> the scanned layout (`encoderblock` with a leading
+  depth axis), the obvious way: by name."""
+  out = {}
+  for key, value in params.items():
+    if not isinstance(value, dict):
+      out[key] = value
+      continue
+    blocks = sorted((k for k in value if k.startswith("encoderblock_")),
+                    key=lambda k: int(k.rsplit("_", 1)[1]))
+    if blocks:
+      out[key] = {k: v for k, v in value.items() if k not in blocks}
+      out[key]["encoderblock"] = jax.tree.map(
+          lambda *layers: jnp.stack(layers), *[value[k] for k in blocks])
+    else:
+      out[key] = _stack_layers(value)
+  return out
+
+
+@pytest.mark.parametrize("remat, scan", [(True, False), (False, True),
+                                         (True, True)])
+def test_remat_and_scan_give_the_plain_forward_and_gradients(remat, scan):
+  image = {**TINY_IMAGE, "depth": 3}
+  text = {**TINY_TEXT, "depth": 2}
+  plain = two_tower.Model(image=image, text=text, out_dim=16)
+  memory = dict(remat=remat, scan=scan)
+  other = two_tower.Model(image={**image, **memory}, text={**text, **memory},
+                          out_dim=16)
+  images, tokens = random_images(4, 16), random_tokens(4, 8, 32)
+  params = plain.init(jax.random.key(0), images, tokens)["params"]
+  other_params = _stack_layers(params) if scan else params
+  assert (jax.tree.structure(other_params) == jax.tree.structure(
+      jax.eval_shape(other.init, jax.random.key(0), images, tokens)["params"]))
+
+  def loss_and_grad(model, params):
+    def loss(params):
+      zimg, ztxt, out = model.apply({"params": params}, images, tokens)
+      return losses.sigmoid_loss(zimg, ztxt, out["t"], out["b"])
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  loss, grads = loss_and_grad(plain, params)
+  other_loss, other_grads = loss_and_grad(other, other_params)
+  # Same float32 arithmetic, possibly fused or ordered differently by XLA.
+  np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
+  want = _stack_layers(grads) if scan else grads
+  for path, grad in flax.traverse_util.flatten_dict(other_grads,
+                                                    sep="/").items():
+    np.testing.assert_allclose(
+        grad, flax.traverse_util.flatten_dict(want, sep="/")[path],
+        rtol=1e-4, atol=1e-6, err_msg=path)

@@ -9,7 +9,8 @@ every name and shape against the model built from the config.
 
 Scanned layers: a model trained with `scan=True` stores one
 `.../encoderblock/...` entry with a leading depth axis instead of
-`encoderblock_0 ... encoderblock_{depth-1}`; both are read.
+`encoderblock_0 ... encoderblock_{depth-1}`; both are read, into a model
+built with or without `scan`.
 """
 
 import re
@@ -47,6 +48,21 @@ def _unscan(flat):
   return out
 
 
+def _rescan(stored, wanted_shapes):
+  """Stacks `.../encoderblock_i/x` into the `.../encoderblock/x` `[depth,
+  ...]` entries a scanned model wants (entries already there are kept)."""
+  out = dict(stored)
+  for key, shape in wanted_shapes.items():
+    match = _SCANNED.match(key)
+    if not match or key in out or not shape:
+      continue
+    layers = [f"{match.group(1)}encoderblock_{i}/{match.group(2)}"
+              for i in range(shape[0])]
+    if all(layer in out for layer in layers):
+      out[key] = np.stack([out.pop(layer) for layer in layers])
+  return out
+
+
 def load_npz(path, abstract_params, prefix="params"):
   """Reads a big_vision `.npz` into the structure of `abstract_params`.
 
@@ -73,6 +89,7 @@ def load_npz(path, abstract_params, prefix="params"):
                                 abstract_params), prefix)
   shapes = {key: leaf.shape for key, leaf in zip(
       wanted, jax.tree.leaves(abstract_params))}
+  stored = _rescan(stored, shapes)
   missing = sorted(set(wanted) - set(stored))
   if missing:
     raise CheckpointError(f"{path}: no {missing[0]} (and {len(missing) - 1} "

@@ -4,7 +4,8 @@ Parameter tree:
 
   Embed_0/embedding [vocab_size, width]
   pos_embedding [1, max_len, width]            max_len = the init tokens' L
-  Encoder_0/encoderblock_{i}/...               as the ViT's blocks
+  Encoder_0/encoderblock_{i}/...               as the ViT's blocks (scan=True:
+                                               encoderblock/..., stacked)
   Encoder_0/encoder_norm
   MAPHead_0/...                                pool_type "map" only
   head/{kernel, bias}                          when num_classes is set
@@ -39,6 +40,8 @@ class _Model(nn.Module):
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: bool = False  # See `vit.Encoder`.
+  scan: bool = False
 
   @nn.compact
   def __call__(self, tokens, *, train=False):
@@ -67,7 +70,8 @@ class _Model(nn.Module):
     x, _ = vit.Encoder(
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         dropout=self.dropout, dtype=self.dtype,
-        param_dtype=self.param_dtype)(x, deterministic=not train)
+        param_dtype=self.param_dtype, remat=self.remat,
+        scan=self.scan)(x, deterministic=not train)
     out["encoded"] = x
 
     if self.pool_type == "last":

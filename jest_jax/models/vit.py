@@ -8,6 +8,8 @@ one to one):
   cls [1, 1, width]                             pool_type "tok" only
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0,
                                 LayerNorm_1, MlpBlock_0/{Dense_0, Dense_1}}
+                                (scan=True: one encoderblock/..., each leaf
+                                with a leading depth axis)
   Transformer/encoder_norm
   MAPHead_0/{probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0}
                                                 pool_type "map" only
@@ -80,24 +82,52 @@ class Encoder1DBlock(nn.Module):
     return x + y
 
 
+class _ScannedBlock(Encoder1DBlock):
+  """`Encoder1DBlock` as an `nn.scan` body: returns (carry, no output)."""
+
+  def __call__(self, x, deterministic=True):
+    return super().__call__(x, deterministic), None
+
+
 class Encoder(nn.Module):
-  """`depth` blocks named `encoderblock_{i}`, then `encoder_norm`."""
+  """`depth` blocks named `encoderblock_{i}`, then `encoder_norm`.
+
+  `remat`: recompute each block's activations in the backward pass instead
+  of keeping them (activation memory of one block instead of `depth`, for
+  about one more forward pass of compute). `scan`: one block `nn.scan`ned
+  `depth` times, its parameters stacked under `encoderblock` with a leading
+  depth axis (big_vision's scanned layout, which `big_vision_io` reads);
+  compiles once per block rather than per layer. Both compute the same
+  function as the plain loop.
+  """
   depth: int
   mlp_dim: Optional[int] = None
   num_heads: int = 12
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: bool = False
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, deterministic=True):
     """`[n, l, d]` -> (normed `[n, l, d]`, last block's output `[n, l, d]`)."""
-    for layer in range(self.depth):
-      x = Encoder1DBlock(
-          mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-          dropout=self.dropout, dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f"encoderblock_{layer}")(x, deterministic)
+    block_args = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                      dropout=self.dropout, dtype=self.dtype,
+                      param_dtype=self.param_dtype)
+    block = _ScannedBlock if self.scan else Encoder1DBlock
+    if self.remat:
+      # Argument 2 (after self and x) is `deterministic`, a Python bool.
+      block = nn.remat(block, prevent_cse=not self.scan, static_argnums=(2,))
+    if self.scan:
+      x, _ = nn.scan(
+          block, variable_axes={"params": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=nn.broadcast, length=self.depth)(
+              name="encoderblock", **block_args)(x, deterministic)
+    else:
+      for layer in range(self.depth):
+        x = block(name=f"encoderblock_{layer}", **block_args)(x, deterministic)
     normed = nn.LayerNorm(name="encoder_norm", dtype=self.dtype,
                           param_dtype=self.param_dtype)(x)
     return normed, x
@@ -185,6 +215,8 @@ class _Model(nn.Module):
   dropout: float = 0.0
   dtype: Dtype = jnp.float32  # Activations and matmuls.
   param_dtype: Dtype = jnp.float32
+  remat: bool = False  # See `Encoder`.
+  scan: bool = False
 
   @nn.compact
   def __call__(self, images, *, patch_size=None, train=False):
@@ -247,6 +279,7 @@ class _Model(nn.Module):
     x, _ = Encoder(
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype,
+        remat=self.remat, scan=self.scan,
         name="Transformer")(x, deterministic=not train)
     out["encoded"] = x
 
