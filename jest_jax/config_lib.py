@@ -5,6 +5,7 @@ one place that turns a bad value into a `ConfigError` naming the key and the
 fix (the CLI prints it as one line).
 """
 
+import difflib
 import math
 
 import ml_collections
@@ -37,7 +38,9 @@ def parse_arg(arg, **defaults):
       raise ConfigError(f"config argument {item!r} is not key=value; "
                         f"known keys: {sorted(defaults)}")
     if key not in defaults:
-      raise ConfigError(f"unknown config argument {key!r}; "
+      close = difflib.get_close_matches(key, list(defaults), n=1)
+      hint = f"did you mean {close[0]}? " if close else ""
+      raise ConfigError(f"unknown config argument {key!r}; {hint}"
                         f"known keys: {sorted(defaults)}")
     default = defaults[key]
     if isinstance(default, bool):
@@ -65,6 +68,9 @@ def base_config():
   config.eval_every = 250
   config.checkpoint_every = 250
   config.keep_checkpoints = 2
+  # [faults] Roll back to this checkpoint step (deleting later ones) before
+  # resuming; 0: resume from the latest (docs/design.md §9).
+  config.resume_step = 0
 
   # The data (jest_jax/input_pipeline.py): the built-in corpus, or a prepared
   # TFDS dataset in ArrayRecord files (e.g. a converted folder).
@@ -176,6 +182,8 @@ def validate(config, num_devices=1):
               "checkpoint_every"):
     if _get(config, key) <= 0:
       fail(key, "must be a positive integer")
+  if config.get("resume_step", 0) < 0:
+    fail("resume_step", "must be a checkpoint step, or 0 for the latest")
   if config.method not in METHODS:
     fail("method", f"must be one of {METHODS}")
   if config.loss not in LOSSES:

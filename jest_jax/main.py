@@ -30,6 +30,7 @@ from jest_jax import config_lib
 from jest_jax import input_pipeline
 from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
+from jest_jax import run_guard
 from jest_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -92,6 +93,9 @@ def main(argv):
   except (config_lib.ConfigError, train.TrainingError,
           reference_cache.CacheError, input_pipeline.DataError) as e:
     sys.exit(f"error: {e}")
+  except run_guard.Preempted as e:  # [faults] One line, non-zero exit.
+    sys.stderr.write(f"{e}\n")
+    sys.exit(e.exit_code)
   logging.info("done: %s", summary)
   print(json.dumps(summary, sort_keys=True))
 
@@ -99,7 +103,8 @@ def main(argv):
 def run():
   """Parses flags with one-line errors for bad config files or values."""
   try:
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: run_guard.parse_flags(  # [faults]
+        argv, config_lib.ConfigError))
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
 

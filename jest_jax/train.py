@@ -38,13 +38,13 @@ from jest_jax import losses
 from jest_jax import metrics as metrics_lib
 from jest_jax import optim
 from jest_jax import reference_cache
+from jest_jax import run_guard
 from jest_jax import selection
 from jest_jax import sharding
 from jest_jax.models import two_tower
 
 
-class TrainingError(RuntimeError):
-  """The run cannot go on; the message names the cause and the fix."""
+TrainingError = run_guard.TrainingError  # The cause and the fix, one line.
 
 
 @flax.struct.dataclass
@@ -183,6 +183,7 @@ class StepFunctions:
     select_key, update_key = jax.random.split(key)
     metrics = {}
     sub_batch = super_batch
+    learner = ref = None
     if self.selecting:
       learner = self.score(state.params, super_batch)
       ref = None if reference is None else selection.Embeddings(**reference)
@@ -196,6 +197,9 @@ class StepFunctions:
         sub_batch["corrupt"].astype(jnp.float32))
     state, update_metrics = self.update(state, sub_batch, update_key)
     metrics.update(update_metrics)
+    # [faults] One flag for the host to check before saving (docs §9).
+    metrics["train/finite"] = run_guard.step_finite(
+        metrics["train/loss"], metrics["train/grad_norm"], learner, ref)
     return state, metrics
 
   def selection_metrics(self, learner, reference, indices, super_batch):
@@ -339,8 +343,12 @@ def restore_params(workdir, step=None):
   """Params of a finished run's checkpoint (latest unless `step`), as NumPy,
   with the step they come from: `(params, step)`. Works whatever devices
   and processes saved it or read it (every process gets all of it)."""
+  if not epath.Path(_checkpoint_dir(workdir)).exists():  # [faults] Read only.
+    raise TrainingError(f"no checkpoints folder in {workdir}; pass the "
+                        "workdir of a trained reference run")
   manager = ocp.CheckpointManager(
       _checkpoint_dir(workdir), item_names=("state",),
+      options=ocp.CheckpointManagerOptions(create=False, read_only=True),
       item_handlers={"state": ocp.StandardCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
@@ -419,12 +427,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   over logged steps (plus `select/pool_corrupt_fraction` for selection runs).
   """
   t_start = time.perf_counter()
-  lead = jax.process_index() == 0
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-
-  # mesh
+  # mesh; [faults] validation before anything is written, then the guard
+  # (workdir lock, signals, OS faults) for the whole run.
   mesh = sharding.make_mesh(config.mesh.num_devices)
   config_lib.validate(config, num_devices=mesh.size)
+  with run_guard.RunGuard(workdir) as guard:
+    return _train_and_evaluate(config, workdir, mesh, guard, t_start,
+                               stop_after)
+
+
+def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
+  lead = jax.process_index() == 0
   if lead:
     _save_config(workdir, config)
 
@@ -443,7 +456,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # checkpoint / resume
   manager = _checkpoint_manager(workdir, config)
-  start_step = manager.latest_step() or 0
+  start_step = run_guard.rollback(manager, workdir, config.resume_step)
   if start_step:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     state = manager.restore(start_step, args=ocp.args.Composite(
@@ -472,12 +485,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = metrics_lib.Progress(config.total_steps, start_step,
                                   super_batch_size, name=config.method)
 
-  def check_finite(step, loss):
-    if not np.isfinite(loss):
-      raise TrainingError(
-          f"non-finite training loss ({loss}) at step {step}; lower "
-          f"--config.optim.lr (now {config.optim.lr}) or check the data; "
-          f"checkpoints up to step {manager.latest_step() or 0} are kept")
+  def check_finite(step):  # [faults] Every step since the last check.
+    guard.check_finite(step, manager.all_steps(), config.optim.lr)
 
   # loop
   final_eval, logged = {}, []
@@ -510,6 +519,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         (epath.Path(workdir) / "flops.json").write_text(
             json.dumps(flops, indent=2, sort_keys=True))
     state, step_metrics = train_step(state, super_batch, ref_batch, key)
+    guard.record(step, step_metrics.pop("train/finite"))  # [faults]
     if step == start_step + 1:  # Rates exclude compilation.
       jax.block_until_ready(state)
       progress.restart(step)
@@ -517,7 +527,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     row = {}
     if step % config.log_every == 0 or step == config.total_steps:
       row = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      check_finite(step, row["train/loss"])
+      check_finite(step)
+      guard.share_stop()  # [faults] Several processes: a local Ctrl-C.
       row["train/lr"] = float(schedule(step - 1))
       row["examples_seen"] = step * config.batch_size
       row["examples_scored"] = step * super_batch_size
@@ -537,12 +548,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    {k: round(v, 4) for k, v in final_eval.items()})
     if row:
       writer.write(step, row)
-    if step % config.checkpoint_every == 0 or step == last_step:
+    stop = guard.should_stop(step)  # [faults] A signal: save, then stop.
+    if step % config.checkpoint_every == 0 or step == last_step or stop:
       t_save = time.perf_counter()
-      check_finite(step, float(step_metrics["train/loss"]))
+      check_finite(step)
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state)))
+      manager.wait_until_finished()
+      guard.saved()
       progress.exclude(time.perf_counter() - t_save)
+    if stop:
+      writer.close()
+      train_input.close()
+      raise guard.preempted(step)
   manager.wait_until_finished()
   writer.close()
   train_input.close()
