@@ -51,8 +51,8 @@ def cli_args(workdir, *extra):
           "--workdir", str(workdir)]
 
 
-def start(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def start(*args, **env_vars):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **env_vars)
   return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
@@ -136,10 +136,26 @@ def test_signal_saves_stops_in_one_line_and_resume_is_bit_identical(
   assert_same_params(params, full_params)
 
 
+SLOW_STEPS = """
+import os, sys, time
+from jest_jax import input_pipeline
+original = input_pipeline.TrainInput.batch
+def batch(self, index):
+  if index >= 5:  # Steps after 5 take seconds: time for a second signal.
+    time.sleep(float(os.environ.get("SLOW_SECONDS", "2")))
+  return original(self, index)
+input_pipeline.TrainInput.batch = batch
+from jest_jax import main
+sys.argv = ["main"] + sys.argv[1:]
+main.run()
+"""
+
+
 def test_second_signal_exits_at_once_keeping_checkpoints(tmp_path):
-  proc = start(*cli_args(tmp_path))
+  proc = start("-c", SLOW_STEPS, *cli_args(tmp_path)[2:])
   wait_for_row(proc, tmp_path, 5)  # Checkpoint 4 is written.
   proc.send_signal(signal.SIGINT)
+  time.sleep(0.5)  # Two signals at once would count as one.
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signal.SIGINT
@@ -152,11 +168,9 @@ def test_second_signal_exits_at_once_keeping_checkpoints(tmp_path):
 KILL_IN_SAVE = """
 import os, signal, sys
 from orbax.checkpoint._src.path import atomicity
-calls = []
 original = atomicity.AtomicRenameTemporaryPath.finalize
 async def finalize(self, *args, **kwargs):
-  calls.append(1)
-  if len(calls) == 2:  # The second save: its files are written, not renamed.
+  if self.get_final().name == "8":  # Checkpoint 8 written, not yet renamed.
     os.kill(os.getpid(), signal.SIGKILL)
   return await original(self, *args, **kwargs)
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
@@ -259,9 +273,9 @@ def test_non_finite_scoring_embedding_stops_the_run(tmp_path, monkeypatch):
 
 
 def test_second_run_on_a_workdir_stops_naming_the_holder(tmp_path):
-  proc = start(*cli_args(tmp_path))
+  proc = start("-c", SLOW_STEPS, *cli_args(tmp_path)[2:], SLOW_SECONDS="60")
   try:
-    wait_for_row(proc, tmp_path, 1)
+    wait_for_row(proc, tmp_path, 5)  # Then it holds the workdir a minute.
     before = metrics_lib.read_metrics(str(tmp_path))
     code, _, err = run(*cli_args(tmp_path))
     assert code == 1
@@ -274,6 +288,8 @@ def test_second_run_on_a_workdir_stops_naming_the_holder(tmp_path):
     assert after[:len(before)] == before  # Not replaced under the first run.
   finally:
     proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # Now, not after the slow step.
     proc.communicate(timeout=300)
 
 
