@@ -267,8 +267,13 @@ class RunGuard:
     self._started = False
     self._flags = []  # Device bool scalars since the last check, in order.
     self.last_good_step = 0
-    signals = (signal.SIGINT,) if self.multi else (signal.SIGINT,
-                                                   signal.SIGTERM)
+    # JAX's preemption service (on by default in jax.distributed) watches
+    # SIGTERM itself; without it SIGTERM is handled here like SIGINT.
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    self._service = self.multi and (
+        distributed.global_state.preemption_sync_manager is not None)
+    signals = ((signal.SIGINT,) if self._service
+               else (signal.SIGINT, signal.SIGTERM))
     self._signals = _Signals(workdir, signals) if handle_signals else None
     self._stop_shared = False
 
@@ -362,13 +367,15 @@ class RunGuard:
     on several, JAX's preemption service agrees on the step)."""
     if self.multi:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return (self._stop_shared
-              or multihost_utils.reached_preemption_sync_point(step))
+      return self._stop_shared or (
+          self._service
+          and multihost_utils.reached_preemption_sync_point(step))
     return self._signals is not None and self._signals.received is not None
 
   def share_stop(self):
-    """Several processes: shares a local SIGINT (call at log steps, which
-    all processes reach together)."""
+    """Several processes: shares a signal caught here (SIGINT, or SIGTERM
+    without the preemption service) at log steps, which all processes reach
+    together."""
     if self.multi and self._signals is not None:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       flags = multihost_utils.process_allgather(

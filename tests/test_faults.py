@@ -230,22 +230,36 @@ def test_nan_is_never_checkpointed_and_rollback_resumes(uninterrupted,
           == rows_without_timing(full_dir, skip=("flops/",)))
 
 
-def test_rollback_deletes_later_checkpoints_once(uninterrupted, tmp_path):
+def test_rollback_deletes_later_checkpoints_once(uninterrupted, tmp_path,
+                                                 monkeypatch):
+  """Checkpoints 8 and 12 of an abandoned (here: perturbed) trajectory are
+  replaced by the redone ones; the same command again does not roll back."""
   workdir = str(tmp_path)
+  original_update = train.StepFunctions.update
+
+  def update(self, state, sub_batch, key):  # Steps after 4 drift away.
+    state, metrics = original_update(self, state, sub_batch, key)
+    drift = jax.numpy.where(state.step > 4, 1e-3, 0.0)
+    return state.replace(params=jax.tree.map(lambda p: p + drift,
+                                             state.params)), metrics
+  monkeypatch.setattr(train.StepFunctions, "update", update)
   train.train_and_evaluate(tiny_config(), workdir)
+  monkeypatch.undo()
   assert checkpoints(workdir) == [4, 8, 12]
-  _, state = train.train_and_evaluate(
-      tiny_config(f"method=iid,steps={STEPS}", "resume_step=4"), workdir)
+  rollback = tiny_config(f"method=iid,steps={STEPS}", "resume_step=4")
+  train.train_and_evaluate(rollback, workdir)
   assert checkpoints(workdir) == [4, 8, 12]  # Redone from 4.
   assert [r["step"] for r in metrics_lib.read_metrics(workdir)] == list(
       range(1, STEPS + 1))
-  assert_same_params(jax.device_get(state.params), uninterrupted[1])
+  assert_same_params(train.restore_params(workdir)[0], uninterrupted[1])
   with open(os.path.join(workdir, run_guard.ROLLBACK_NAME)) as f:
     assert json.load(f) == {"resume_step": 4, "deleted": [8, 12]}
-  # The same command again does not roll back a second time.
-  summary, _ = train.train_and_evaluate(
-      tiny_config(f"method=iid,steps={STEPS}", "resume_step=4"), workdir)
+  # The same command again resumes from 12: it rolls nothing back.
+  last = os.path.join(workdir, "checkpoints", "12")
+  before = os.stat(last).st_mtime_ns
+  summary, _ = train.train_and_evaluate(rollback, workdir)
   assert summary["step"] == STEPS
+  assert os.stat(last).st_mtime_ns == before
   with pytest.raises(run_guard.WorkdirError, match="resume_step=5: no such "
                      "checkpoint.*kept: 4, 8, 12"):
     train.train_and_evaluate(
