@@ -47,14 +47,16 @@ def _type_handler_registry():
       (str, th.StringHandler()))
 
 
-def manager(workdir, *, max_to_keep=None):
-  """The CheckpointManager of `workdir/checkpoints` (created if missing).
+def manager(workdir, *, max_to_keep=None, read_only=False):
+  """The CheckpointManager of `workdir/checkpoints` (created if missing,
+  unless `read_only`: then nothing is created or deleted).
 
   Saves are synchronous: a checkpoint is complete when `save` returns, so a
   preemption right after it loses nothing.
   """
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      enable_async_checkpointing=False)
   handler = ocp.PyTreeCheckpointHandler(
       type_handler_registry=_type_handler_registry())
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
@@ -93,7 +95,10 @@ def restore_params(workdir, step=None):
   """Params of a finished run's checkpoint (latest unless `step`), as NumPy,
   with the step they come from: `(params, step)`. Works whatever devices
   and processes saved it or read it (every process gets all of it)."""
-  checkpoints = manager(workdir)
+  if not epath.Path(checkpoint_dir(workdir)).exists():
+    raise TrainingError(f"no checkpoints folder in {workdir}; pass the "
+                        "workdir of a trained reference run")
+  checkpoints = manager(workdir, read_only=True)
   step = checkpoints.latest_step() if step is None else step
   if step is None:
     raise TrainingError(f"no checkpoint in {workdir}/checkpoints; train the "

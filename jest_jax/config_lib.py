@@ -9,6 +9,7 @@ place that turns a bad value into a `ConfigError` naming the key and the fix
 (the CLI prints it as one line).
 """
 
+import difflib
 import importlib.util
 import math
 import os
@@ -99,7 +100,9 @@ def parse_arg(arg, **defaults):
   for key, value in parse_overrides(item for item in (arg or "").split(",")
                                     if item):
     if key not in defaults:
-      raise ConfigError(f"unknown config argument {key!r}; "
+      close = difflib.get_close_matches(key, list(defaults), n=1)
+      hint = f"did you mean {close[0]}? " if close else ""
+      raise ConfigError(f"unknown config argument {key!r}; {hint}"
                         f"known keys: {sorted(defaults)}")
     parsed[key] = _convert(f"config argument {key}", defaults[key], value)
   return parsed
@@ -132,6 +135,9 @@ def base_config():
   config.eval_every = 250
   config.checkpoint_every = 250
   config.keep_checkpoints = 2
+  # Roll back to this checkpoint step (deleting later ones) before
+  # resuming; 0: resume from the latest (docs/design.md §9).
+  config.resume_step = 0
 
   # The data (jest_jax/input_pipeline.py): the built-in corpus, or a prepared
   # TFDS dataset in ArrayRecord files (e.g. a converted folder).
@@ -262,6 +268,8 @@ def validate(config, num_devices=1):
       fail(key, "must be a positive integer")
   if not isinstance(config.method, str) or not _LABEL.match(config.method):
     fail("method", "a run label: letters, digits, '_', '-' or '.'")
+  if config.get("resume_step", 0) < 0:
+    fail("resume_step", "must be a checkpoint step, or 0 for the latest")
   if config.loss not in LOSSES:
     fail("loss", f"must be one of {LOSSES}")
   sel = config.selection

@@ -32,6 +32,7 @@ from jest_jax import config_lib
 from jest_jax import input_pipeline
 from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
+from jest_jax import run_guard
 from jest_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -102,14 +103,24 @@ def main(argv):
   except (config_lib.ConfigError, train.TrainingError,
           reference_cache.CacheError, input_pipeline.DataError) as e:
     sys.exit(f"error: {e}")
+  except run_guard.Preempted as e:  # One line, non-zero exit.
+    sys.stderr.write(f"{e}\n")
+    sys.exit(e.exit_code)
   logging.info("done: %s", summary)
   print(json.dumps(summary, sort_keys=True))
+
+
+def _load_config_arg(path_arg):
+  """`configs/x.py:ARG` (the --config value) -> its ConfigDict."""
+  path, _, arg = path_arg.partition(":")
+  return config_lib.load_config(path, arg or None)
 
 
 def run():
   """Parses flags with one-line errors for bad config files or values."""
   try:
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: run_guard.parse_flags(
+        argv, config_lib.ConfigError, _load_config_arg))
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
 

@@ -3,9 +3,9 @@ TensorBoard summaries (tensorboardX) and the progress line.
 
 WORKDIR may be local or an object store (`gs://...`, through `etils.epath`).
 On resume, lines past the restored checkpoint's step are dropped (they belong
-to steps that will be redone). Locally the kept lines are written to a new
-file renamed over the old one, so the file is never left half-written, and
-new lines are appended. An object store has no append: there the writer
+to steps that will be redone). Locally the kept lines are then written to a
+new file renamed over the old one, so the file is never left half-written;
+otherwise the file is only appended to. An object store has no append: there the writer
 keeps the rows in memory and rewrites the whole object at each write (an
 object is replaced whole when its upload completes, so readers never see it
 half-written either).
@@ -61,12 +61,15 @@ class MetricWriter:
     if not enabled:
       return
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    self._rows = [row for row in read_metrics(workdir)
-                  if row["step"] <= resume_step]
+    rows = read_metrics(workdir)
+    self._rows = [row for row in rows if row["step"] <= resume_step]
     if self._local:
-      tmp = self.path.with_name(self.path.name + ".tmp")
-      tmp.write_text(_jsonl(self._rows))
-      tmp.replace(self.path)
+      # Rewritten only to drop rows past the checkpoint (the run
+      # holds the workdir lock, so no other writer has the file open).
+      if len(self._rows) != len(rows) or not self.path.exists():
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(_jsonl(self._rows))
+        tmp.replace(self.path)
       self._file = self.path.open("a")
       self._rows = None  # Appended to the file instead.
     else:

@@ -40,6 +40,7 @@ from jest_jax import losses
 from jest_jax import metrics as metrics_lib
 from jest_jax import optim
 from jest_jax import reference_cache
+from jest_jax import run_guard
 from jest_jax import selection
 from jest_jax import sharding
 from jest_jax.data import tokenizer as tokenizer_lib
@@ -267,6 +268,7 @@ class StepFunctions:
     select_key, update_key = jax.random.split(key)
     metrics = {}
     sub_batch = super_batch
+    learner = ref = None
     if self.selecting:
       learner = self.score(state.params, super_batch)
       ref = self.as_float32(reference)
@@ -280,6 +282,9 @@ class StepFunctions:
         sub_batch["corrupt"].astype(jnp.float32))
     state, update_metrics = self.update(state, sub_batch, update_key)
     metrics.update(update_metrics)
+    # One flag for the host to check before saving (docs §9).
+    metrics["train/finite"] = run_guard.step_finite(
+        metrics["train/loss"], metrics["train/grad_norm"], learner, ref)
     return state, metrics
 
   def selection_metrics(self, learner, reference, indices, super_batch):
@@ -384,9 +389,10 @@ def device_batch(train_input, step, mesh):
   return global_batches(super_batch, ref_batch, mesh)
 
 
-def resume(checkpoints, state, workdir):
-  """`(state, step)` of the latest checkpoint, or `(state, 0)` if none."""
-  start_step = checkpoints.latest_step() or 0
+def resume(checkpoints, state, workdir, resume_step=0):
+  """`(state, step)` of the latest checkpoint, or `(state, 0)` if none;
+  `resume_step=N` rolls back to checkpoint N (`run_guard.rollback`)."""
+  start_step = run_guard.rollback(checkpoints, workdir, resume_step)
   if start_step:
     state = checkpointing.restore(checkpoints, start_step,
                                   checkpointing.abstract(state))
@@ -409,14 +415,6 @@ def compile_step(functions, state, super_batch, ref_batch, key, reference):
   if reference is not None and "build_flops" in reference.manifest:
     measured["flops/reference_cache"] = reference.manifest["build_flops"]
   return train_step, measured
-
-
-def check_finite(config, step, loss, checkpoints):
-  if not np.isfinite(loss):
-    raise TrainingError(
-        f"non-finite training loss ({loss}) at step {step}; lower "
-        f"--config.optim.lr (now {config.optim.lr}) or check the data; "
-        f"checkpoints up to step {checkpoints.latest_step() or 0} are kept")
 
 
 def train_row(config, step, step_metrics, schedule, flops, bad_records):
@@ -459,15 +457,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `select/pool_corrupt_fraction` (selection runs).
   """
   t_start = time.perf_counter()
-  lead = jax.process_index() == 0
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-
-  # mesh
+  # mesh; validation before anything is written, then the guard (workdir
+  # lock, signals, OS faults) for the whole run.
   mesh = sharding.make_mesh(config.mesh.num_devices,
                             config.mesh.get("fsdp", 1))
   if not config.data.tokenizer:  # A learner takes its reference's tokenizer.
     config.data.tokenizer = tokenizer_lib.reference_tokenizer(config)
   config_lib.validate(config, num_devices=mesh.size)
+  with run_guard.RunGuard(workdir) as guard:
+    return _train_and_evaluate(config, workdir, mesh, guard, t_start,
+                               stop_after)
+
+
+def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
+  lead = jax.process_index() == 0
   if lead:
     checkpointing.save_config(workdir, config)
 
@@ -491,7 +494,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      config.data.max_tokens)
   checkpoints = checkpointing.manager(workdir,
                                       max_to_keep=config.keep_checkpoints)
-  state, start_step = resume(checkpoints, state, workdir)
+  state, start_step = resume(checkpoints, state, workdir, config.resume_step)
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
                                     enabled=lead)
 
@@ -518,6 +521,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                   super_batch_size, name=config.method,
                                   enabled=lead)
 
+  def check_finite(step):  # Every step since the last check.
+    guard.check_finite(step, checkpoints.all_steps(), config.optim.lr)
+
   # loop: batch -> step -> log / eval / checkpoint
   final_eval, logged = {}, []
   step = start_step
@@ -527,12 +533,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         else device_batch(train_input, step, mesh))
     state, step_metrics = train_step(state, super_batch, ref_batch,
                                      jax.random.fold_in(base_key, step))
+    guard.record(step, step_metrics.pop("train/finite"))
 
     row = {}
     if _is_every(step, config.log_every, config):
       row = train_row(config, step, step_metrics, schedule, flops,
                       train_input.bad_records)
-      check_finite(config, step, row["train/loss"], checkpoints)
+      check_finite(step)
+      guard.share_stop()  # Several processes: a local Ctrl-C.
       row["train/examples_per_s"], row["train/step_seconds"] = progress.log(
           step, row["train/loss"])
       logged.append(row)
@@ -545,11 +553,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       progress.eval(step, results)
     if row:
       writer.write(step, row)
-    if step % config.checkpoint_every == 0 or step == last_step:
+    stop = guard.should_stop(step)  # A signal: save, then stop.
+    if step % config.checkpoint_every == 0 or step == last_step or stop:
       with progress.excluded():
-        check_finite(config, step, float(step_metrics["train/loss"]),
-                     checkpoints)
+        check_finite(step)
         checkpointing.save(checkpoints, step, state)
+        checkpoints.wait_until_finished()
+        guard.saved()
+    if stop:
+      writer.close()
+      train_input.close()
+      progress.close()
+      raise guard.preempted(step)
   checkpoints.wait_until_finished()
   writer.close()
   train_input.close()
