@@ -72,7 +72,6 @@ def measure(name, devices):
   import jax
   import jax.numpy as jnp
   from jest_jax import config_lib
-  from jest_jax import demo
   from jest_jax import optim
   from jest_jax import selection
   from jest_jax import sharding
@@ -80,7 +79,7 @@ def measure(name, devices):
   from jest_jax import train
 
   method, image_variant, text_variant, per_chip, options = CASES[name]
-  config = demo.load_config("tpu_flexi_jest", f"method={method},"
+  config = config_lib.load_config("tpu_flexi_jest", f"method={method},"
                             f"batch_size={per_chip * devices}")
   config.reference.cache_dir = "unused-here"
   config.model.image.variant = image_variant

@@ -49,13 +49,14 @@ def _type_handler_registry():
 
 def manager(workdir, *, max_to_keep=None, read_only=False):
   """The CheckpointManager of `workdir/checkpoints` (created if missing,
-  unless `read_only`: then nothing is created or deleted).
+  unless `read_only`: then nothing is created, and nothing is deleted by
+  `max_to_keep`).
 
   Saves are synchronous: a checkpoint is complete when `save` returns, so a
   preemption right after it loses nothing.
   """
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      max_to_keep=None if read_only else max_to_keep, create=not read_only,
       enable_async_checkpointing=False)
   handler = ocp.PyTreeCheckpointHandler(
       type_handler_registry=_type_handler_registry())

@@ -36,6 +36,7 @@ from jest_jax import config_lib
 from jest_jax import input_pipeline
 from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
+from jest_jax import run_guard
 from jest_jax import train
 from jest_jax.data import tokenizer as tokenizer_lib
 
@@ -160,16 +161,21 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   workdir = _WORKDIR.value
-  metrics_lib.cli_logging(os.path.join(workdir, "demo.log"))
+  metrics_lib.cli_logging()
   try:
-    summary = run_demo(
-        workdir, steps=_STEPS.value, reference_steps=_REFERENCE_STEPS.value,
-        filter_ratio=_FILTER_RATIO.value, seed=_SEED.value,
-        eval_every=_EVAL_EVERY.value, overrides=_OVERRIDES.value,
-        pool=_POOL.value, curated=_CURATED.value, data_dir=_DATA_DIR.value)
+    os.makedirs(workdir, exist_ok=True)
+    with metrics_lib.file_log(os.path.join(workdir, "demo.log")):
+      summary = run_demo(
+          workdir, steps=_STEPS.value, reference_steps=_REFERENCE_STEPS.value,
+          filter_ratio=_FILTER_RATIO.value, seed=_SEED.value,
+          eval_every=_EVAL_EVERY.value, overrides=_OVERRIDES.value,
+          pool=_POOL.value, curated=_CURATED.value, data_dir=_DATA_DIR.value)
   except (config_lib.ConfigError, train.TrainingError,
           reference_cache.CacheError, input_pipeline.DataError) as e:
     sys.exit(f"error: {e}")
+  except run_guard.Preempted as e:  # One line; rerun the demo to resume.
+    sys.stderr.write(f"{e}\n")
+    sys.exit(e.exit_code)
   print()
   print(format_table(summary))
   print()

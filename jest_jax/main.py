@@ -96,10 +96,11 @@ def main(argv):
   except (ValueError, RuntimeError) as e:
     sys.exit(f"error: cannot join the other processes: {e}; check "
              "--coordinator, --num_processes and --process_id")
-  metrics_lib.cli_logging(log_file(_WORKDIR.value))
+  metrics_lib.cli_logging()
   try:
     summary, _ = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                          stop_after=_STOP_AFTER.value)
+                                          stop_after=_STOP_AFTER.value,
+                                          log_file=log_file(_WORKDIR.value))
   except (config_lib.ConfigError, train.TrainingError,
           reference_cache.CacheError, input_pipeline.DataError) as e:
     sys.exit(f"error: {e}")

@@ -235,17 +235,28 @@ def quiet_library_logs():
   logging.set_verbosity(logging.INFO)
 
 
-def cli_logging(log_path):
+def cli_logging():
   """Command-line output: the terminal shows the progress line (stdout) and
-  warnings and errors (stderr); the structured log — jest_jax's INFO lines
-  and every library's warnings, absl-formatted — goes to `log_path`
-  (appended; skipped for an object-store path, which cannot append)."""
+  warnings and errors (stderr); the structured log goes to a file in the
+  workdir once the run holds it (`file_log`)."""
   quiet_library_logs()
   logging.get_absl_handler().setLevel(std_logging.WARNING)
-  if not is_local(log_path):
+
+
+@contextlib.contextmanager
+def file_log(log_path):
+  """Within the block, jest_jax's INFO lines and every library's warnings,
+  absl-formatted, are appended to `log_path` (skipped for an object-store
+  path, which cannot append; None: no file)."""
+  if log_path is None or not is_local(log_path):
+    yield
     return
-  os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
   handler = std_logging.FileHandler(log_path)
   handler.setFormatter(logging.PythonFormatter())
   handler.addFilter(_OwnInfoOnly())
   std_logging.getLogger().addHandler(handler)
+  try:
+    yield
+  finally:
+    std_logging.getLogger().removeHandler(handler)
+    handler.close()

@@ -445,11 +445,13 @@ def _is_every(step, every, config):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_after=None):
+                       stop_after=None, log_file=None):
   """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
 
   `stop_after`: end this process after that step, with a checkpoint, as a
   preemption would (the schedule still runs to `config.total_steps`).
+  `log_file`: a path (in the workdir) the run's log is appended to while it
+  holds the workdir.
 
   Returns `(summary, state)`: `summary` has `step`, `wall_seconds` (of this
   process), the final `eval/*` metrics, the `flops/*` measurements, and the
@@ -464,7 +466,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if not config.data.tokenizer:  # A learner takes its reference's tokenizer.
     config.data.tokenizer = tokenizer_lib.reference_tokenizer(config)
   config_lib.validate(config, num_devices=mesh.size)
-  with run_guard.RunGuard(workdir) as guard:
+  with run_guard.RunGuard(workdir) as guard, metrics_lib.file_log(log_file):
     return _train_and_evaluate(config, workdir, mesh, guard, t_start,
                                stop_after)
 

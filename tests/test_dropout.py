@@ -5,7 +5,7 @@ masks are a function of the step key (seed, step)."""
 import jax
 import numpy as np
 
-from jest_jax import demo
+from jest_jax import config_lib
 from jest_jax import evaluate
 from jest_jax import optim
 from jest_jax import sharding
@@ -15,7 +15,7 @@ VOCAB, TOKENS, B = 61, 16, 8
 
 
 def functions_with(dropout):
-  config = demo.load_config("jest", "method=iid")
+  config = config_lib.load_config("jest", "method=iid")
   config.batch_size = B
   config.model.image.dropout = dropout
   config.model.text.dropout = dropout
@@ -76,7 +76,7 @@ def test_update_step_trains_with_dropout_and_scoring_and_eval_do_not():
 
 
 def test_a_trainer_run_with_dropout_trains_and_evaluates(tmp_path):
-  config = demo.apply_overrides(demo.load_config("jest", "method=iid"), [
+  config = config_lib.apply_overrides(config_lib.load_config("jest", "method=iid"), [
       "batch_size=16", "data.n_train=128", "data.n_curated=64",
       "data.n_retrieval=32", "data.n_zeroshot=48", "eval.batch_size=32",
       "total_steps=2", "log_every=1", "eval_every=2", "checkpoint_every=2",

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jest_jax import demo
+from jest_jax import config_lib
 from jest_jax import metrics as metrics_lib
 from jest_jax import run_guard
 from jest_jax import train
@@ -41,7 +41,7 @@ STOPPED = ("stopped at step {}, checkpoint saved; rerun the same command to "
 
 
 def tiny_config(arg=f"method=iid,steps={STEPS}", *extra):
-  return demo.apply_overrides(demo.load_config("jest", arg),
+  return config_lib.apply_overrides(config_lib.load_config("jest", arg),
                               TINY + list(extra))
 
 
@@ -152,7 +152,9 @@ main.run()
 
 
 def test_second_signal_exits_at_once_keeping_checkpoints(tmp_path):
-  proc = start("-c", SLOW_STEPS, *cli_args(tmp_path)[2:])
+  # Both signals must land while step 6's batch loads (30 s here, so a
+  # loaded machine's late poll still finds it there); the second exits.
+  proc = start("-c", SLOW_STEPS, *cli_args(tmp_path)[2:], SLOW_SECONDS="30")
   wait_for_row(proc, tmp_path, 5)  # Checkpoint 4 is written.
   proc.send_signal(signal.SIGINT)
   time.sleep(0.5)  # Two signals at once would count as one.

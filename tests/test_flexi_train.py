@@ -9,6 +9,7 @@ import pytest
 from jest_jax import config_lib
 from jest_jax import evaluate
 from jest_jax import flops
+from jest_jax import selection
 from jest_jax import losses
 from jest_jax import optim
 from jest_jax import sharding
@@ -123,8 +124,9 @@ def _step_flops(config):
   reference = None
   if config_lib.needs_reference(config):
     unit = np.eye(n, 64, dtype=np.float32)
-    reference = dict(image=unit, text=unit, temperature=np.float32(10.0),
-                     bias=np.float32(-10.0))
+    reference = selection.Embeddings(image=unit, text=unit,
+                                     temperature=np.float32(10.0),
+                                     bias=np.float32(-10.0))
   key = jax.random.key(0)
   lowered = jax.jit(functions.step).lower(state, super_batch, reference, key)
   measured = flops.measure_flops(functions, state, super_batch, reference, key)

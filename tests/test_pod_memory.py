@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jest_jax import demo
+from jest_jax import config_lib
 from jest_jax import evaluate
 from jest_jax import losses
 from jest_jax import optim
@@ -21,7 +21,7 @@ PER_DEVICE = 16  # Trained rows per device.
 
 
 def flexi_config(devices, scope="local"):
-  config = demo.load_config("flexi_jest", "method=flexi_jest,filter_ratio=0.5")
+  config = config_lib.load_config("flexi_jest", "method=flexi_jest,filter_ratio=0.5")
   config.batch_size = PER_DEVICE * devices
   config.selection.n_chunks = 4
   config.selection.scope = scope

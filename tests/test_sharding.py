@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from jest_jax import demo
+from jest_jax import config_lib
 from jest_jax import optim
 from jest_jax import sharding
 from jest_jax import train
@@ -33,7 +33,7 @@ def test_rules_first_match_wins_and_fsdp_splits_the_largest_divisible_dim():
 
 
 def _one_step(fsdp):
-  config = demo.load_config("jest", "method=iid")
+  config = config_lib.load_config("jest", "method=iid")
   config.batch_size = B
   config.mesh.fsdp = fsdp
   model = train.build_model(config, VOCAB)
