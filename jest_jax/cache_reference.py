@@ -38,6 +38,7 @@ import numpy as np
 
 from jest_jax import config_lib
 from jest_jax import evaluate
+from jest_jax import flops as flops_lib
 from jest_jax import input_pipeline
 from jest_jax import metrics as metrics_lib
 from jest_jax import reference_cache
@@ -96,11 +97,7 @@ def _check_params_fit(model, params, image_shape, max_tokens):
 
 def _embedding_flops(model, params, batch_size, image_shape, max_tokens):
   """XLA's FLOP count of embedding one example (image and text)."""
-  def flops(fn, *args):
-    cost = jax.jit(fn).lower(*args).cost_analysis()
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0]
-    return float(cost["flops"])
+  flops = flops_lib.program_flops
   images = jax.ShapeDtypeStruct((batch_size, *image_shape), np.uint8)
   tokens = jax.ShapeDtypeStruct((batch_size, max_tokens), np.int32)
   image_flops = flops(lambda p, x: model.apply(
