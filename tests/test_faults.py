@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -152,14 +153,26 @@ main.run()
 
 
 def test_second_signal_exits_at_once_keeping_checkpoints(tmp_path):
-  # Both signals must land while step 6's batch loads (30 s here, so a
-  # loaded machine's late poll still finds it there); the second exits.
+  # Both signals must land while step 6's batch loads (30 s here); the
+  # second is sent once the run has taken the first, so a loaded machine
+  # cannot merge them.
   proc = start("-c", SLOW_STEPS, *cli_args(tmp_path)[2:], SLOW_SECONDS="30")
   wait_for_row(proc, tmp_path, 5)  # Checkpoint 4 is written.
+  err_lines = []
+  reader = threading.Thread(
+      target=lambda: err_lines.extend(iter(proc.stderr.readline, "")),
+      daemon=True)
+  reader.start()
   proc.send_signal(signal.SIGINT)
-  time.sleep(0.5)  # Two signals at once would count as one.
+  deadline = time.time() + 120
+  while (not any("SIGINT received" in line for line in err_lines)
+         and proc.poll() is None and time.time() < deadline):
+    time.sleep(0.05)
+  assert proc.poll() is None, "".join(err_lines)[-3000:]
   proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=300)
+  proc.wait(timeout=300)
+  reader.join(timeout=60)
+  err = "".join(err_lines)
   assert proc.returncode == 128 + signal.SIGINT
   assert one_line_error(err).startswith(
       "error: second SIGINT: exiting now without a new checkpoint")
