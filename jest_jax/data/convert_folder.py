@@ -368,6 +368,18 @@ def main(argv):
   print(f"wrote {report['dataset_dir']} ({counts})")
 
 
+def define_tokenizer_flags():
+  """`--tokenizer`, `--vocab_size`, `--model_type` (both converters')."""
+  return (
+      flags.DEFINE_string("tokenizer", "", "SentencePiece .model to store "
+                          "with the data (default: train one)."),
+      flags.DEFINE_integer("vocab_size", 256, "Pieces of a trained tokenizer "
+                           "(a soft limit)."),
+      flags.DEFINE_enum("model_type", "unigram",
+                        ["unigram", "bpe", "word", "char"],
+                        "SentencePiece model type to train."))
+
+
 def _define_flags():
   """CLI flags, defined only when this module is the program (other
   programs import its functions)."""
@@ -381,13 +393,7 @@ def _define_flags():
   _NAME = flags.DEFINE_string("name", None, "Dataset name, e.g. my_pairs.")
   _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (default: "
                                   "$JEST_JAX_DATA_DIR or data_cache/tfds).")
-  _TOKENIZER = flags.DEFINE_string("tokenizer", "", "SentencePiece .model to "
-                                   "store with the data (default: train one).")
-  _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 256, "Pieces of a trained "
-                                     "tokenizer (a soft limit).")
-  _MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram",
-                                  ["unigram", "bpe", "word", "char"],
-                                  "SentencePiece model type to train.")
+  _TOKENIZER, _VOCAB_SIZE, _MODEL_TYPE = define_tokenizer_flags()
   _BAD_RECORDS = flags.DEFINE_enum("bad_records", "skip", ["skip", "error"],
                                    "What to do with an unusable row.")
   _HOLDOUT = flags.DEFINE_float(

@@ -339,13 +339,7 @@ def _define_flags():
   _JSON_FIELDS = flags.DEFINE_string(
       "json_fields", "", "Comma-separated numeric fields of each sample's "
       ".json to keep (e.g. clip_score).")
-  _TOKENIZER = flags.DEFINE_string("tokenizer", "", "SentencePiece .model to "
-                                   "store with the data (default: train one).")
-  _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 256, "Pieces of a trained "
-                                     "tokenizer (a soft limit).")
-  _MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram",
-                                  ["unigram", "bpe", "word", "char"],
-                                  "SentencePiece model type to train.")
+  _TOKENIZER, _VOCAB_SIZE, _MODEL_TYPE = convert_folder.define_tokenizer_flags()
   _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing "
                                  "dataset of the same name.")
 

@@ -360,6 +360,15 @@ def _split_size(config, split):
           "zeroshot": config.n_zeroshot}[split]
 
 
+def check_shares(field, shares, parts):
+  """Raises ValueError unless `shares` are 3 non-negative numbers summing to
+  1 (`parts` names them, for the message)."""
+  mix = np.asarray(shares, dtype=np.float64)
+  if mix.shape != (3,) or np.any(mix < 0) or abs(mix.sum() - 1.0) > 1e-6:
+    raise ValueError(f"CorpusConfig.{field}={shares} must be 3 non-negative "
+                     f"shares ({parts}) summing to 1")
+
+
 def _check_config(config):
   """Raises ValueError naming the bad field and the fix."""
   if config.version not in (1, 2):
@@ -383,11 +392,8 @@ def _check_config(config):
   if not 0.0 <= config.noise_rate <= 1.0:
     raise ValueError(f"CorpusConfig.noise_rate={config.noise_rate} must be in "
                      "[0, 1]")
-  mix = np.asarray(config.noise_mix, dtype=np.float64)
-  if mix.shape != (3,) or np.any(mix < 0) or abs(mix.sum() - 1.0) > 1e-6:
-    raise ValueError(
-        f"CorpusConfig.noise_mix={config.noise_mix} must be 3 non-negative "
-        "shares (mismatch, uninformative, attribute) summing to 1")
+  check_shares("noise_mix", config.noise_mix,
+               "mismatch, uninformative, attribute")
   if config.max_tokens < MAX_CAPTION_WORDS + 1:
     raise ValueError(
         f"CorpusConfig.max_tokens={config.max_tokens} is too short: captions "

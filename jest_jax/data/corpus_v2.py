@@ -198,11 +198,7 @@ def check_config(config):
   if config.zipf_exponent < 0:
     raise ValueError(f"CorpusConfig.zipf_exponent={config.zipf_exponent} "
                      "must be >= 0 (0: uniform concepts)")
-  mix = np.asarray(config.scene_mix, dtype=np.float64)
-  if mix.shape != (3,) or np.any(mix < 0) or abs(mix.sum() - 1.0) > 1e-6:
-    raise ValueError(
-        f"CorpusConfig.scene_mix={config.scene_mix} must be 3 non-negative "
-        "shares (one object, group, pair) summing to 1")
+  v1.check_shares("scene_mix", config.scene_mix, "one object, group, pair")
   if not 0.0 <= config.duplicate_rate < 1.0:
     raise ValueError(f"CorpusConfig.duplicate_rate={config.duplicate_rate} "
                      "must be in [0, 1)")
