@@ -169,6 +169,17 @@ def base_config():
   config.data.n_retrieval = 1_000
   config.data.n_zeroshot = 1_000
   config.data.noise_rate = 0.5
+  # Corpus version 2 (web-like; jest_jax/data/corpus_v2.py explains each
+  # knob and its default): long-tailed concepts, near-duplicates, a curated
+  # split with gaps. Version 1 is the first round's corpus, kept exact.
+  config.data.corpus_version = 1
+  config.data.zipf_exponent = 1.0
+  config.data.scene_mix = (0.55, 0.15, 0.30)  # One object, group, pair.
+  config.data.duplicate_rate = 0.3
+  config.data.duplicate_paraphrase = 0.5
+  config.data.curated_balance = "balanced"  # Or "pool".
+  config.data.curated_missing = 0.25
+  config.data.n_hard_negatives = 4
 
   config.model = ml_collections.ConfigDict()
   config.model.image = ml_collections.ConfigDict(

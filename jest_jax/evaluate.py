@@ -342,7 +342,9 @@ class _Evaluator:
     """Prompt tokens `[classes * templates, L]` (class-major)."""
     where = f"config.evals.{self.name}"
     if self.builtin:
-      names, templates = corpus.class_names(), corpus.prompt_templates()
+      cfg = input_pipeline.corpus_config(self.config_data)
+      names = corpus.class_names(cfg)
+      templates = corpus.prompt_templates(cfg)
     else:
       names = (_text_list(self.entry.class_names, f"{where}.class_names")
                or dataset_class_names(self._data.dataset_dir))

@@ -80,7 +80,15 @@ def corpus_config(config_data):
   return corpus.CorpusConfig(
       seed=config_data.seed, n_train=config_data.n_train,
       n_curated=config_data.n_curated, n_retrieval=config_data.n_retrieval,
-      n_zeroshot=config_data.n_zeroshot, noise_rate=config_data.noise_rate)
+      n_zeroshot=config_data.n_zeroshot, noise_rate=config_data.noise_rate,
+      version=config_data.corpus_version,
+      zipf_exponent=config_data.zipf_exponent,
+      scene_mix=tuple(config_data.scene_mix),
+      duplicate_rate=config_data.duplicate_rate,
+      duplicate_paraphrase=config_data.duplicate_paraphrase,
+      curated_balance=config_data.curated_balance,
+      curated_missing=config_data.curated_missing,
+      n_hard_negatives=config_data.n_hard_negatives)
 
 
 # ------------------------------------------------------------- reading --
@@ -293,7 +301,8 @@ def _tokenizer_for(config_data):
                       "such SentencePiece .model file")
     return tokenizer_lib.SentencePieceTokenizer.load(path)
   if config_data.name == "builtin":
-    return builtin_tfds.tokenizer(config_data.data_dir)
+    return builtin_tfds.tokenizer(config_data.data_dir,
+                                  config_data.corpus_version)
   path = os.path.join(os.fspath(_tfds_builder(config_data).data_path),
                       storage.TOKENIZER_FILE)
   if not os.path.exists(path):

@@ -337,3 +337,21 @@ def test_long_caption_policy_applies_to_training_data_not_the_probes(
     input_pipeline.TrainInput(strict, "train", 64, seed=0).batch(0)
   assert "needs" in str(error.value) and "max_tokens=9" in str(error.value)
   assert "\n" not in str(error.value)
+
+
+def test_config_data_keys_select_and_shape_corpus_version_2():
+  from jest_jax.data import corpus
+  config = config_lib.base_config()
+  config.data.update(dict(corpus_version=2, zipf_exponent=0.5,
+                          scene_mix=(0.5, 0.2, 0.3), duplicate_rate=0.1,
+                          duplicate_paraphrase=0.25, curated_balance="pool",
+                          curated_missing=0.1, n_hard_negatives=3))
+  cfg = input_pipeline.corpus_config(config.data)
+  assert (cfg.version, cfg.zipf_exponent, cfg.scene_mix, cfg.duplicate_rate,
+          cfg.duplicate_paraphrase, cfg.curated_balance, cfg.curated_missing,
+          cfg.n_hard_negatives) == (2, 0.5, (0.5, 0.2, 0.3), 0.1, 0.25, "pool",
+                                    0.1, 3)
+  # Version 2's zero-shot classes (every concept), not version 1's 48.
+  assert len(corpus.class_names(cfg)) == 96
+  assert input_pipeline.corpus_config(
+      config_lib.base_config().data).version == 1
