@@ -143,6 +143,8 @@ from jest_jax import input_pipeline
 original = input_pipeline.TrainInput.batch
 def batch(self, index):
   if index >= 5:  # Steps after 5 take seconds: time for a second signal.
+    sys.stderr.write("loading a slow batch\\n")
+    sys.stderr.flush()
     time.sleep(float(os.environ.get("SLOW_SECONDS", "2")))
   return original(self, index)
 input_pipeline.TrainInput.batch = batch
@@ -153,22 +155,25 @@ main.run()
 
 
 def test_second_signal_exits_at_once_keeping_checkpoints(tmp_path):
-  # Both signals must land while step 6's batch loads (30 s here); the
-  # second is sent once the run has taken the first, so a loaded machine
-  # cannot merge them.
+  # Both signals land while step 6's batch loads (30 s here): the first once
+  # the loading has begun, the second once the run has taken the first.
   proc = start("-c", SLOW_STEPS, *cli_args(tmp_path)[2:], SLOW_SECONDS="30")
-  wait_for_row(proc, tmp_path, 5)  # Checkpoint 4 is written.
   err_lines = []
   reader = threading.Thread(
       target=lambda: err_lines.extend(iter(proc.stderr.readline, "")),
       daemon=True)
   reader.start()
+
+  def wait_for(text):
+    deadline = time.time() + 300
+    while (not any(text in line for line in err_lines)
+           and proc.poll() is None and time.time() < deadline):
+      time.sleep(0.05)
+    assert proc.poll() is None, "".join(err_lines)[-3000:]
+
+  wait_for("loading a slow batch")  # Steps 1-5 done, checkpoint 4 written.
   proc.send_signal(signal.SIGINT)
-  deadline = time.time() + 120
-  while (not any("SIGINT received" in line for line in err_lines)
-         and proc.poll() is None and time.time() < deadline):
-    time.sleep(0.05)
-  assert proc.poll() is None, "".join(err_lines)[-3000:]
+  wait_for("SIGINT received")
   proc.send_signal(signal.SIGINT)
   proc.wait(timeout=300)
   reader.join(timeout=60)
