@@ -1,8 +1,11 @@
 """notebooks/jest_demo.ipynb, executed headless on tiny settings.
 
 Its code cells run in order in one namespace, as a kernel would run them,
-with the cell tagged `parameters` replaced by tiny settings and IPython's
-`!` / `%` lines (the Colab-only install) replaced by `pass`.
+with tiny settings injected after the cell tagged `parameters` (as papermill
+does: that cell still runs, so the runtime detection and sizing runs too) and
+IPython's `!` / `%` lines (the Colab-only install) replaced by `pass`. The
+test session has 8 simulated CPU devices (conftest.py), so the notebook runs
+the multi-device path an accelerator runtime runs: a mesh over every device.
 """
 
 import json
@@ -56,13 +59,18 @@ def test_notebook_runs_end_to_end_and_selects_b_of_the_super_batch(tmp_path):
   try:
     for cell in cells:
       tags = cell.get("metadata", {}).get("tags", [])
-      source = (tiny_parameters(str(tmp_path)) if "parameters" in tags
-                else as_python(cell))
-      code = compile(source, f"<{cell['id']}>", "exec")
-      exec(code, namespace)  # pylint: disable=exec-used
+      sources = [as_python(cell)]
+      if "parameters" in tags:
+        sources.append(tiny_parameters(str(tmp_path)))
+      for source in sources:
+        code = compile(source, f"<{cell['id']}>", "exec")
+        exec(code, namespace)  # pylint: disable=exec-used
   finally:
     plt.show = show
     plt.close("all")
+  settings = namespace["SETTINGS"]  # Sized by the notebook for its devices.
+  assert (settings.platform, settings.devices) == ("cpu", 8)
+  assert namespace["mesh"].devices.size == 8  # Every local device.
   assert namespace["summary"]["jest"]["step"] == 2
   assert len(shown) == 3  # Curves, selected pairs, rejected pairs.
   indices = namespace["indices"]
