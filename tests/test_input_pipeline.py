@@ -79,6 +79,16 @@ def test_batches_straddling_epochs_continue_the_stream():
                                 stream[8:12])
 
 
+def test_a_process_computes_only_its_rows_of_each_step():
+  """`index_stream(..., start, stop)` is rows start:stop of the whole batch
+  (a pod host never computes the other hosts' shuffled positions)."""
+  whole = input_pipeline.index_stream(2, 50, 16)
+  for start, stop in [(0, 4), (4, 8), (12, 16)]:
+    part = input_pipeline.index_stream(2, 50, 16, start, stop)
+    for step in (0, 3, 9):  # 9: positions 144..159, epochs 2 and 3.
+      np.testing.assert_array_equal(part[step], whole[step][start:stop])
+
+
 # -------------------------------------------------------------- content --
 
 
