@@ -507,6 +507,9 @@ def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
     patch_sizes["large/"] = functions.large_patch
   evaluators = evaluate.build(config, model, mesh, patch_sizes, tokenizer)
   base_key = jax.random.key(config.seed)
+  # Jitted, so the key is dispatched like the step (an eager fold_in waits
+  # for the device queue on CPU: one host sync per step).
+  step_key = jax.jit(jax.random.fold_in)
   last_step = config.total_steps
   if stop_after is not None:
     last_step = min(last_step, stop_after)
@@ -515,7 +518,7 @@ def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
     first_batch = device_batch(train_input, start_step + 1, mesh)
     train_step, flops = compile_step(
         functions, state, *first_batch,
-        jax.random.fold_in(base_key, start_step + 1), reference)
+        step_key(base_key, start_step + 1), reference)
     if lead:
       (epath.Path(workdir) / "flops.json").write_text(
           json.dumps(flops, indent=2, sort_keys=True))
@@ -534,7 +537,7 @@ def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
         first_batch if step == start_step + 1
         else device_batch(train_input, step, mesh))
     state, step_metrics = train_step(state, super_batch, ref_batch,
-                                     jax.random.fold_in(base_key, step))
+                                     step_key(base_key, step))
     guard.record(step, step_metrics.pop("train/finite"))
 
     row = {}
