@@ -79,6 +79,11 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
   config = configure(config_lib.load_config(
       "reference", f"steps={reference_steps},seed={seed}"),
       curated_name, curated_split)
+  if pool_name:  # Evaluated where the learners are: the pool's held-out split.
+    for entry in config.evals.values():
+      if entry.preset == "auto" and not entry.data.tfds_name:
+        entry.data.update(dict(name="tfds", tfds_name=pool_name,
+                               data_dir=data_dir or config.data.data_dir))
   _stage(f"== stage 1/4: reference model -> {ref_dir}")
   summary["reference"], _ = train.train_and_evaluate(config, ref_dir)
 

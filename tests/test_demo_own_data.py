@@ -79,6 +79,13 @@ def test_demo_on_user_data_runs_every_stage_on_it(tmp_path):
     for key in ("eval/zeroshot/top1", "eval/retrieval/i2t_r1",
                 "eval/zeroshot_top1", "eval/i2t_r1", "eval/t2i_r1"):
       assert 0.0 <= summary[run][key] <= 1.0
+  # The reference is evaluated where the learners are (the pool's held-out
+  # split), not on the built-in probes, so its row compares with theirs.
+  with open(os.path.join(workdir, "reference", "config.json")) as f:
+    reference_evals = json.load(f)["evals"]
+  for name in ("zeroshot", "retrieval"):
+    assert reference_evals[name]["data"]["tfds_name"] == "my_pool"
+  assert 0.0 <= summary["reference"]["eval/retrieval/i2t_r1"] <= 1.0
   table = demo.format_table(summary)
   assert "| jest | 2 |" in table
   assert os.path.exists(os.path.join(workdir, "curves.png"))
