@@ -507,8 +507,8 @@ def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
     patch_sizes["large/"] = functions.large_patch
   evaluators = evaluate.build(config, model, mesh, patch_sizes, tokenizer)
   base_key = jax.random.key(config.seed)
-  # Jitted, so the key is dispatched like the step (an eager fold_in waits
-  # for the device queue on CPU: one host sync per step).
+  # Jitted: on CPU an eager fold_in blocks until the queued step is done
+  # (measured; README, "The training loop against the compiled step").
   step_key = jax.jit(jax.random.fold_in)
   last_step = config.total_steps
   if stop_after is not None:
