@@ -8,6 +8,11 @@ patch with `config.patch.eval_large`):
              split by prompt-ensembled class embeddings (metrics `top1`,
              `top5`); "retrieval": image->text and text->image recall of
              paired rows (`i2t_r1`, `i2t_r5`, `i2t_r10`, `t2i_r1`, ...).
+             On the built-in corpus's version 2 probes, zero-shot adds
+             `tail_top1` (the rarer half of the pool's concepts) and
+             `missing_top1` (concepts the curated split lacks), retrieval
+             adds `hard_negative_acc` (the own caption beats each of its
+             one-attribute hard negatives; chance 1 / (K + 1)).
   preset     "builtin": the built-in corpus's clean probe splits, class
              names and prompts (what every run reported before evaluators
              were configurable); "auto": the run's own data when it has a
@@ -48,6 +53,7 @@ from jest_jax import config_lib
 from jest_jax import input_pipeline
 from jest_jax import sharding
 from jest_jax.data import corpus
+from jest_jax.data import corpus_v2
 
 TYPES = ("zeroshot", "retrieval")
 PRESETS = ("builtin", "auto", "")
@@ -193,6 +199,15 @@ def recall_at_k(image_emb, text_emb, ks=RETRIEVAL_KS):
   return out
 
 
+def hard_negative_accuracy(image_emb, text_emb, hard_emb):
+  """The share of images whose own caption (`text_emb[i]`) is more similar
+  than each of its hard negatives (`hard_emb[i]`, `[n, K, d]`); a tie counts
+  as wrong. Chance is 1 / (K + 1)."""
+  true_sim = np.sum(image_emb * text_emb, axis=-1)
+  hard_sim = np.einsum("nd,nkd->nk", image_emb, hard_emb)
+  return float(np.mean(np.all(true_sim[:, None] > hard_sim, axis=1)))
+
+
 def zeroshot_accuracy(image_emb, class_emb, labels, ks=ZEROSHOT_KS):
   """`{"top{k}"}`: the share of images whose label is among the k classes
   with the most similar embeddings (`[n, d]`, `[classes, d]`, int `[n]`)."""
@@ -316,6 +331,7 @@ class _Evaluator:
     self.config_data = data
     self._data = None
     self._class_tokens = None
+    self._hard_tokens = None
 
   @property
   def description(self):
@@ -366,16 +382,55 @@ class _Evaluator:
     prompts = [t.format(name) for name in names for t in templates]
     return self.tokenizer.encode(prompts, self.max_tokens)
 
+  def _corpus_v2(self):
+    """The built-in corpus config when this evaluator reads version 2's
+    probes (which add tail and hard-negative metrics), else None."""
+    if not self.builtin:
+      return None
+    cfg = input_pipeline.corpus_config(self.config_data)
+    return cfg if cfg.version == 2 else None
+
+  def _hard_negative_tokens(self, cfg, n):
+    """Tokens `[n, K, L]` of the first n retrieval images' hard negatives."""
+    if self._hard_tokens is None:
+      captions = corpus.make_split(cfg, "retrieval")["hard_negatives"][:n]
+      flat = self.tokenizer.encode([str(c) for c in captions.reshape(-1)],
+                                   self.max_tokens)
+      self._hard_tokens = np.asarray(flat).reshape(
+          captions.shape + (flat.shape[-1],))
+    return self._hard_tokens
+
   def run(self, encoder, params):
     data = self._load()
+    cfg = self._corpus_v2()
     image_emb = _normalize(encoder.images(params, data.images))
     if self.type == "retrieval":
       text_emb = _normalize(encoder.texts(params, data.tokens))
-      return recall_at_k(image_emb, text_emb)
+      out = recall_at_k(image_emb, text_emb)
+      if cfg is not None:
+        hard = self._hard_negative_tokens(cfg, len(image_emb))
+        hard_emb = _normalize(encoder.texts(
+            params, hard.reshape(-1, hard.shape[-1]))).reshape(
+                hard.shape[:2] + (-1,))
+        out["hard_negative_acc"] = hard_negative_accuracy(
+            image_emb, text_emb, hard_emb)
+      return out
     prompt_emb = _normalize(encoder.texts(params, self._class_tokens))
     class_emb = _normalize(prompt_emb.reshape(
         -1, self._num_templates, prompt_emb.shape[-1]).mean(axis=1))
-    return zeroshot_accuracy(image_emb, class_emb, data.labels)
+    out = zeroshot_accuracy(image_emb, class_emb, data.labels)
+    if cfg is not None:
+      # Version 2's zero-shot label is the concept: also report the rare
+      # half of the pool's concepts and those the curated split lacks.
+      ranks = corpus_v2.concept_ranks()
+      groups = {"tail_top1": ranks[data.labels] >= corpus_v2.N_CONCEPTS // 2,
+                "missing_top1": np.isin(data.labels,
+                                        corpus_v2.missing_concepts(cfg))}
+      correct = true_ranks(image_emb, class_emb, data.labels) == 0
+      for key, mask in groups.items():
+        if mask.any():
+          out[key] = float(np.mean(correct[mask]))
+    return out
 
 
 class Evaluators:

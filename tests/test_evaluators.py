@@ -16,6 +16,7 @@ from jest_jax import evaluate
 from jest_jax import input_pipeline
 from jest_jax import sharding
 from jest_jax.data import convert_folder
+from jest_jax.data import corpus
 
 SIZE = 8
 DIM = 6
@@ -223,3 +224,66 @@ def test_builtin_evals_while_training_on_other_data_warn_once(tmp_path,
               and r.levelno == logging.WARNING]
   assert len(warnings) == 1
   assert "no_holdout" in warnings[0].getMessage()
+
+
+def test_builtin_v2_probes_add_tail_and_hard_negative_metrics(tmp_path):
+  """Version 2's probes: zero-shot on the rare half of the concepts and on
+  those the curated split lacks, and the own caption against its one-
+  attribute hard negatives — each equal to a naive twin."""
+  from jest_jax.data import corpus_v2  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.data.update(dict(corpus_version=2, data_dir=str(tmp_path),
+                          n_train=64, n_curated=0, n_retrieval=50,
+                          n_zeroshot=192, image_size=SIZE))
+  config.model.image.image_size = SIZE
+  config.eval.batch_size = 7
+  evaluators, model, tokenizer = build(config)
+  cfg = input_pipeline.corpus_config(config.data)
+  zeroshot = input_pipeline.load_split(_with_split(config, "zeroshot"),
+                                       "zeroshot")
+  labels = zeroshot.arrays["label"]
+  templates = corpus.prompt_templates(cfg)
+
+  def class_embeddings():
+    return unit(np.stack([
+        unit(model.numpy_texts(tokenizer.encode(
+            [t.format(name) for t in templates], config.data.max_tokens))
+             ).mean(axis=0) for name in corpus.class_names(cfg)]))
+  # Image weights fitted to the class embeddings of the rare and the
+  # curated-missing concepts only, so those groups score well above the
+  # rest and each metric depends on which images it counts.
+  rare = np.argsort(corpus_v2.concept_probabilities(cfg),
+                    kind="stable")[:corpus_v2.N_CONCEPTS // 2]
+  missing = corpus_v2.missing_concepts(cfg)
+  fit = np.isin(labels, np.union1d(rare, missing))
+  pixels = zeroshot.arrays["image"].astype(np.float32) / 127.5 - 1.0
+  weights, *_ = np.linalg.lstsq(pixels.reshape(len(pixels), -1)[fit],
+                                class_embeddings()[labels[fit]], rcond=None)
+  model.params["image"] = jnp.asarray(weights, jnp.float32)
+  results = evaluators.run(model.params)
+
+  retrieval = input_pipeline.load_split(_with_split(config, "retrieval"),
+                                        "retrieval")
+  image_emb = unit(model.numpy_images(retrieval.arrays["image"]))
+  text_emb = unit(model.numpy_texts(retrieval.arrays["tokens"]))
+  negatives = corpus_v2.make_split(cfg, "retrieval")["hard_negatives"]
+  wins = []
+  for i in range(len(image_emb)):
+    own = image_emb[i] @ text_emb[i]
+    rivals = [image_emb[i] @ unit(model.numpy_texts(
+        tokenizer.encode([str(c)], config.data.max_tokens)))[0]
+              for c in negatives[i]]
+    wins.append(all(own > r for r in rivals))
+  assert 0 < np.mean(wins) < 1  # The twin separates right from wrong.
+  np.testing.assert_allclose(results["eval/retrieval/hard_negative_acc"],
+                             np.mean(wins), atol=1e-6)
+
+  correct = naive_ranks(unit(model.numpy_images(zeroshot.arrays["image"])),
+                        class_embeddings(), labels) == 0
+  for key, concepts in (("tail_top1", rare), ("missing_top1", missing)):
+    mask = np.isin(labels, concepts)
+    assert np.mean(correct[mask]) > np.mean(correct[~mask])
+    np.testing.assert_allclose(results[f"eval/zeroshot/{key}"],
+                               np.mean(correct[mask]), atol=1e-6)
+  np.testing.assert_allclose(results["eval/zeroshot/top1"], np.mean(correct),
+                             atol=1e-6)
