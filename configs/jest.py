@@ -10,6 +10,9 @@
   independent     top-k on per-example learnability (RHO-LOSS style).
   easy_reference  joint sampling on the reference loss alone.
   hard_learner    joint sampling on the learner loss alone (no reference).
+  clip_score      CLIP-score filtering: the top b of each super-batch by the
+                  reference's own pair score, independently (the cheap
+                  baseline: no learner forward pass on the super-batch).
   flexi_jest      JEST scored at patch 16 (4 tokens: cheap) and trained half
                   at patch 8, half at 16 (see configs/flexi_jest.py for the
                   patch-4/8 comparison).
@@ -23,6 +26,7 @@ _SELECTION = {
     "independent": dict(kind="independent_topk", scoring="learnability"),
     "easy_reference": dict(kind="joint", scoring="easy_reference"),
     "hard_learner": dict(kind="joint", scoring="hard_learner"),
+    "clip_score": dict(kind="independent_topk", scoring="easy_reference"),
     "flexi_jest": dict(kind="joint", scoring="learnability"),
 }
 

@@ -6,10 +6,13 @@ Stages, each resumable (re-running skips what is finished):
   1. reference: a two-tower trained on the clean curated split;
   2. its embeddings of the noisy training split, cached once;
   3. iid:  the learner trained on uniform batches of b;
-  4. jest: the same learner, optimiser and number of steps, trained on the
-     jointly most learnable b of each super-batch of b / (1 - f).
-Writes WORKDIR/{reference,iid,jest}/metrics.jsonl, summary.json, curves.png
-and prints a comparison table.
+  4. clip_score: the same learner, optimiser and number of steps, trained on
+     the b pairs of each super-batch of b / (1 - f) that the reference scores
+     highest (CLIP-score filtering: the cheap baseline, about an IID step);
+  5. jest: the same again, trained on the jointly most learnable b of each
+     super-batch of b / (1 - f).
+Writes WORKDIR/{reference,iid,clip_score,jest}/metrics.jsonl, summary.json,
+curves.png and prints a comparison table.
 
 On your own data (converted with `convert_folder` / `convert_shards`):
 
@@ -42,6 +45,11 @@ from jest_jax.data import tokenizer as tokenizer_lib
 
 
 
+# The learners, in the order they run and are tabulated.
+LEARNERS = ("iid", "clip_score", "jest")
+STAGES = 2 + len(LEARNERS)
+
+
 def _stage(text):
   """A stage header: on the terminal and in the log."""
   logging.info("%s", text)
@@ -56,7 +64,7 @@ def _dataset(value, default_split):
 
 def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
              eval_every, overrides=(), pool="", curated="", data_dir=""):
-  """Runs the four stages; returns the summary dict written to summary.json.
+  """Runs the stages; returns the summary dict written to summary.json.
 
   `pool`, `curated`: `NAME[:SPLIT]` of prepared datasets (see the module
   docstring); empty: the built-in corpus.
@@ -84,10 +92,10 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
       if entry.preset == "auto" and not entry.data.tfds_name:
         entry.data.update(dict(name="tfds", tfds_name=pool_name,
                                data_dir=data_dir or config.data.data_dir))
-  _stage(f"== stage 1/4: reference model -> {ref_dir}")
+  _stage(f"== stage 1/{STAGES}: reference model -> {ref_dir}")
   summary["reference"], _ = train.train_and_evaluate(config, ref_dir)
 
-  _stage("== stage 2/4: reference embeddings of the training split")
+  _stage(f"== stage 2/{STAGES}: reference embeddings of the training split")
   cache_dir, manifest = cache_reference.build_cache(
       ref_dir, pool_split, data_overrides=dict(tfds_name=pool_name)
       if pool_name else None)
@@ -97,6 +105,8 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
 
   runs = {
       "iid": f"method=iid,steps={steps},seed={seed}",
+      "clip_score": f"method=clip_score,filter_ratio={filter_ratio},"
+                    f"steps={steps},seed={seed}",
       "jest": f"method=jest,filter_ratio={filter_ratio},steps={steps},"
               f"seed={seed}",
   }
@@ -109,12 +119,12 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
       config.reference.cache_dir = cache_dir
       config.reference.workdir = ref_dir
     run_dir = os.path.join(workdir, name)
-    _stage(f"== stage {i + 3}/4: {name} learner -> {run_dir}")
+    _stage(f"== stage {i + 3}/{STAGES}: {name} learner -> {run_dir}")
     summary[name], _ = train.train_and_evaluate(config, run_dir)
 
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2, sort_keys=True)
-  plot_curves(workdir, ("iid", "jest"), os.path.join(workdir, "curves.png"))
+  plot_curves(workdir, LEARNERS, os.path.join(workdir, "curves.png"))
   return summary
 
 
@@ -143,16 +153,23 @@ def plot_curves(workdir, runs, path):
   plt.close(fig)
 
 
-def format_table(summary):
+def format_table(summary, corrupt_known=True):
+  """The comparison table; `corrupt_known`: the training data marks its
+  corrupted pairs (the built-in corpus, or `data.corrupt_key`), else the
+  corrupted-share column says n/a rather than a meaningless 0."""
   header = ("| run | steps | zero-shot top-1 | i2t R@1 | t2i R@1 | "
             "corrupt share trained (pool) | wall s |")
   lines = [header, "|" + "---|" * 7]
-  for name in ("reference", "iid", "jest"):
+  for name in ("reference",) + LEARNERS:
+    if name not in summary:
+      continue
     s = summary[name]
     corrupt = s.get("train/corrupt_fraction", float("nan"))
     pool = s.get("select/pool_corrupt_fraction")
     corrupt_text = f"{corrupt:.3f}" + (f" ({pool:.3f})" if pool is not None
                                        else "")
+    if not corrupt_known:
+      corrupt_text = "n/a (no corrupt_key)"
     if name == "reference":
       corrupt_text = "0 (curated split)"
     lines.append(
@@ -182,10 +199,14 @@ def main(argv):
     sys.stderr.write(f"{e}\n")
     sys.exit(e.exit_code)
   print()
-  print(format_table(summary))
+  corrupt_known = not _POOL.value or any(
+      item.startswith("data.corrupt_key=") and item.split("=", 1)[1]
+      for item in _OVERRIDES.value)
+  print(format_table(summary, corrupt_known))
   print()
   print(f"outputs: {os.path.abspath(workdir)}/ (summary.json, curves.png, "
-        "reference/ iid/ jest/ with metrics.jsonl and checkpoints)")
+        "reference/ iid/ clip_score/ jest/ with metrics.jsonl and "
+        "checkpoints)")
 
 
 def _define_flags():

@@ -33,12 +33,14 @@ def paper_flops_ratio(config, approx_factor):
   """docs/design.md §5's cost of a step relative to an IID step (same b).
 
   IID 3F per example; JEST F(2 + B/b) (the scoring forward reused);
-  Flexi-JEST 3F(1 - l + l A) + A F B/b with l the large-patch fraction.
+  Flexi-JEST 3F(1 - l + l A) + A F B/b with l the large-patch fraction;
+  reference-only scoring (scores from the cache) costs what training does.
   """
   patch = config.patch
   large = patch.large_fraction
   train_cost = 3.0 * (1.0 - large + large * approx_factor)
-  if config.selection.kind == "uniform":
+  if (config.selection.kind == "uniform"
+      or config.selection.scoring == "easy_reference"):
     return train_cost / 3.0
   ratio = config_lib.super_batch_size(config) / config.batch_size
   if patch.score == "small" and not large:
@@ -72,9 +74,11 @@ def measure_flops(functions, state, super_batch, reference, key):
                      / forward(functions.small_patch))
   out["flops/approx_factor"] = approx_factor
   if functions.selecting:
-    out["flops/score"] = program_flops(functions.score, state.params,
-                                       super_batch)
-    learner = jax.eval_shape(functions.score, state.params, super_batch)
+    learner = None  # Reference-only scoring runs no learner pass.
+    if functions.config.selection.scoring != "easy_reference":
+      out["flops/score"] = program_flops(functions.score, state.params,
+                                         super_batch)
+      learner = jax.eval_shape(functions.score, state.params, super_batch)
     ref = functions.as_float32(reference)
     out["flops/select"] = program_flops(functions.select, key, learner, ref)
   out["flops/paper_ratio"] = paper_flops_ratio(functions.config,

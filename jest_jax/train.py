@@ -270,7 +270,10 @@ class StepFunctions:
     sub_batch = super_batch
     learner = ref = None
     if self.selecting:
-      learner = self.score(state.params, super_batch)
+      # Reference-only scoring (CLIP-score filtering) needs no learner
+      # forward pass: such a step costs about an IID step.
+      if self.config.selection.scoring != "easy_reference":
+        learner = self.score(state.params, super_batch)
       ref = self.as_float32(reference)
       indices = self.select(select_key, learner, ref)
       sub_batch = selection.gather_selected(

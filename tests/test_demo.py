@@ -15,19 +15,25 @@ def test_demo_writes_runs_summary_plot_and_table(tmp_path):
   summary = demo.run_demo(workdir, steps=4, reference_steps=4,
                           filter_ratio=0.5, seed=0, eval_every=2,
                           overrides=TINY)
-  for run in ("reference", "iid", "jest"):
+  for run in ("reference", "iid", "clip_score", "jest"):
     assert os.path.exists(os.path.join(workdir, run, "metrics.jsonl"))
     assert summary[run]["step"] == 4
   with open(os.path.join(workdir, "summary.json")) as f:
     written = json.load(f)
   for key in ("eval/zeroshot_top1", "eval/i2t_r1", "eval/t2i_r1",
               "train/corrupt_fraction", "wall_seconds", "step"):
-    assert key in written["iid"] and key in written["jest"]
-  assert "select/pool_corrupt_fraction" in written["jest"]
+    for run in ("iid", "clip_score", "jest"):
+      assert key in written[run]
+  for run in ("clip_score", "jest"):
+    assert "select/pool_corrupt_fraction" in written[run]
+  # CLIP-score filtering scores from the cache: no learner pass over B.
+  assert "flops/score" not in written["clip_score"]
+  assert written["clip_score"]["flops/ratio_to_iid"] < 1.1
   assert written["reference_cache"]["count"] == 256
   assert os.path.getsize(os.path.join(workdir, "curves.png")) > 10_000
   table = demo.format_table(summary)
-  assert table.count("\n") == 4 and "| jest | 4 |" in table
+  assert table.count("\n") == 5 and "| jest | 4 |" in table
+  assert "| clip_score | 4 |" in table
 
 
 def test_demo_rerun_resumes_instead_of_retraining(tmp_path):

@@ -69,7 +69,7 @@ def test_demo_on_user_data_runs_every_stage_on_it(tmp_path):
   pool_train = sum(convert_folder.holdout_share(f"{i}.jpg") >= 0.25
                    for i in range(64))
   assert summary["reference_cache"]["count"] == pool_train
-  for run in ("iid", "jest"):
+  for run in ("iid", "clip_score", "jest"):
     with open(os.path.join(workdir, run, "config.json")) as f:
       config = json.load(f)
     assert config["data"]["tfds_name"] == "my_pool"
@@ -86,6 +86,8 @@ def test_demo_on_user_data_runs_every_stage_on_it(tmp_path):
   for name in ("zeroshot", "retrieval"):
     assert reference_evals[name]["data"]["tfds_name"] == "my_pool"
   assert 0.0 <= summary["reference"]["eval/retrieval/i2t_r1"] <= 1.0
-  table = demo.format_table(summary)
-  assert "| jest | 2 |" in table
+  table = demo.format_table(summary, corrupt_known=False)
+  assert "| jest | 2 |" in table and "| clip_score | 2 |" in table
+  # The folders mark no corrupted pairs: the column says so, not 0.
+  assert "n/a" in table.splitlines()[-1]
   assert os.path.exists(os.path.join(workdir, "curves.png"))

@@ -318,3 +318,19 @@ def test_local_scope_selects_within_each_shard_through_the_trainer(
     assert row["select/score"] > row["select/score_uniform"], row
   assert (summary["train/corrupt_fraction"]
           < 0.5 * summary["select/pool_corrupt_fraction"]), summary
+
+
+def test_clip_score_filtering_drops_corrupted_pairs_at_about_an_iid_step(
+    oracle_cache, tmp_path):
+  """Reference-only scoring needs no learner pass over the super-batch, so
+  its compiled step costs about an IID step (JEST's scores B extra rows)."""
+  config = oracle_config(oracle_cache)
+  config.selection.update(kind="independent_topk", scoring="easy_reference")
+  summary, _ = train.train_and_evaluate(config, str(tmp_path / "clip"))
+  assert summary["train/corrupt_fraction"] < 0.5 * summary[
+      "select/pool_corrupt_fraction"], summary
+  assert summary["flops/ratio_to_iid"] < 1.1, summary
+  assert "flops/score" not in summary
+  jest, _ = train.train_and_evaluate(oracle_config(oracle_cache),
+                                     str(tmp_path / "jest"))
+  assert jest["flops/ratio_to_iid"] > 1.5, jest
