@@ -29,11 +29,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
 
+from jest_jax import selection
 from jest_jax.errors import TrainingError
 
 LOCK_NAME = "run.lock"  # Local disks: fcntl lock on this file.
@@ -387,11 +387,10 @@ class RunGuard:
     return Preempted(step, signum)
 
 
-def step_finite(loss, grad_norm, *embeddings):
+def step_finite(loss, grad_norm, learner=None, reference=None):
   """`bool[]` for the step outputs: loss, gradient norm and the scoring
   embeddings (`selection.Embeddings` or None) all finite. Jittable."""
-  leaves = [loss, grad_norm] + jax.tree.leaves(embeddings)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+  return selection.all_finite((loss, grad_norm, learner), reference)
 
 
 # ------------------------------------------------------------- rollback --
