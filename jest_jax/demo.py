@@ -1,8 +1,10 @@
-"""The built-in demo: JEST versus uniform (IID) sampling on the noisy corpus.
+"""The built-in demo: JEST versus IID and CLIP-score filtering on web-like data.
 
   python -m jest_jax.demo --workdir runs/demo      (what `make demo` runs)
 
-Stages, each resumable (re-running skips what is finished):
+On the built-in corpus, version 2 by default (long-tailed concepts,
+near-duplicates, half the pairs corrupted; `--corpus_version 1` for the
+first round's). Stages, each resumable (re-running skips what is finished):
   1. reference: a two-tower trained on the clean curated split;
   2. its embeddings of the noisy training split, cached once;
   3. iid:  the learner trained on uniform batches of b;
@@ -63,11 +65,13 @@ def _dataset(value, default_split):
 
 
 def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
-             eval_every, overrides=(), pool="", curated="", data_dir=""):
+             eval_every, overrides=(), pool="", curated="", data_dir="",
+             corpus_version=2):
   """Runs the stages; returns the summary dict written to summary.json.
 
   `pool`, `curated`: `NAME[:SPLIT]` of prepared datasets (see the module
-  docstring); empty: the built-in corpus.
+  docstring); empty: the built-in corpus, generator `corpus_version` (2,
+  web-like; 1, the first round's, reproduces the README's version-1 table).
   """
   pool_name, pool_split = _dataset(pool, "train")
   curated_name, curated_split = _dataset(curated or pool, "curated")
@@ -75,6 +79,7 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
     raise config_lib.ConfigError("--curated needs --pool (the training data)")
 
   def configure(config, name="", split=""):
+    config.data.corpus_version = corpus_version
     config.eval_every = eval_every
     config.checkpoint_every = eval_every
     if name:
@@ -191,7 +196,8 @@ def main(argv):
           workdir, steps=_STEPS.value, reference_steps=_REFERENCE_STEPS.value,
           filter_ratio=_FILTER_RATIO.value, seed=_SEED.value,
           eval_every=_EVAL_EVERY.value, overrides=_OVERRIDES.value,
-          pool=_POOL.value, curated=_CURATED.value, data_dir=_DATA_DIR.value)
+          pool=_POOL.value, curated=_CURATED.value, data_dir=_DATA_DIR.value,
+          corpus_version=_CORPUS_VERSION.value)
   except (config_lib.ConfigError, train.TrainingError,
           reference_cache.CacheError, input_pipeline.DataError) as e:
     sys.exit(f"error: {e}")
@@ -213,11 +219,15 @@ def _define_flags():
   """CLI flags, defined only when this module is the program (other
   programs import its functions)."""
   global _WORKDIR, _STEPS, _REFERENCE_STEPS, _FILTER_RATIO, _SEED
-  global _EVAL_EVERY, _OVERRIDES, _POOL, _CURATED, _DATA_DIR
+  global _EVAL_EVERY, _OVERRIDES, _POOL, _CURATED, _DATA_DIR, _CORPUS_VERSION
   _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
   _STEPS = flags.DEFINE_integer("steps", 3000, "Learner steps (IID and JEST).")
-  _REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 4000,
+  _REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 2000,
                                           "Reference model steps.")
+  _CORPUS_VERSION = flags.DEFINE_integer(
+      "corpus_version", 2, "Built-in corpus generator: 2 (web-like) or 1 "
+      "(the first round's; with --reference_steps 4000 it reproduces the "
+      "README's version-1 table).")
   _FILTER_RATIO = flags.DEFINE_float("filter_ratio", 0.8, "JEST's f.")
   _SEED = flags.DEFINE_integer("seed", 0, "Seed of the learners and reference.")
   _EVAL_EVERY = flags.DEFINE_integer("eval_every", 250, "Steps between evals.")

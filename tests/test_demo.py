@@ -30,6 +30,9 @@ def test_demo_writes_runs_summary_plot_and_table(tmp_path):
   assert "flops/score" not in written["clip_score"]
   assert written["clip_score"]["flops/ratio_to_iid"] < 1.1
   assert written["reference_cache"]["count"] == 256
+  for run in ("reference", "iid", "clip_score", "jest"):  # Web-like data.
+    with open(os.path.join(workdir, run, "config.json")) as f:
+      assert json.load(f)["data"]["corpus_version"] == 2
   assert os.path.getsize(os.path.join(workdir, "curves.png")) > 10_000
   table = demo.format_table(summary)
   assert table.count("\n") == 5 and "| jest | 4 |" in table
