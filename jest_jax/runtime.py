@@ -44,7 +44,11 @@ def detect(environ=None, exists=os.path.exists, which=shutil.which):
 
 
 def locked_version(package, lock=_LOCK):
-  """`package`'s pinned version in requirements.lock."""
+  """`package`'s pinned version in requirements.lock; the installed version
+  where there is no lock file (an install from a wheel, not a checkout)."""
+  if not os.path.exists(lock):
+    import importlib.metadata  # pylint: disable=g-import-not-at-top
+    return importlib.metadata.version(package)
   with open(lock) as f:
     for line in f:
       match = re.match(rf"{re.escape(package)}==([^\s;#]+)", line.strip())

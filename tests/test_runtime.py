@@ -65,3 +65,9 @@ def test_demo_settings_are_valid_configs_on_8_devices(platform):
                             jax.ShapeDtypeStruct((1, 32, 32, 3), "float32"),
                             jax.ShapeDtypeStruct((1, 16), "int32"))
     assert shapes["params"]
+
+
+def test_without_a_lock_file_the_installed_jax_version_is_used(tmp_path):
+  missing = str(tmp_path / "requirements.lock")
+  assert runtime.jax_requirement("tpu", lock=missing) == (
+      f"jax[tpu]=={jax.__version__}")
