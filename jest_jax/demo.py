@@ -49,6 +49,8 @@ from jest_jax.data import tokenizer as tokenizer_lib
 
 # The learners, in the order they run and are tabulated.
 LEARNERS = ("iid", "clip_score", "jest")
+# The built-in corpus generator the demo reads unless told otherwise.
+DEFAULT_CORPUS_VERSION = 2
 STAGES = 2 + len(LEARNERS)
 
 
@@ -66,7 +68,7 @@ def _dataset(value, default_split):
 
 def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
              eval_every, overrides=(), pool="", curated="", data_dir="",
-             corpus_version=2):
+             corpus_version=DEFAULT_CORPUS_VERSION):
   """Runs the stages; returns the summary dict written to summary.json.
 
   `pool`, `curated`: `NAME[:SPLIT]` of prepared datasets (see the module
@@ -225,7 +227,7 @@ def _define_flags():
   _REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 2000,
                                           "Reference model steps.")
   _CORPUS_VERSION = flags.DEFINE_integer(
-      "corpus_version", 2, "Built-in corpus generator: 2 (web-like) or 1 "
+      "corpus_version", DEFAULT_CORPUS_VERSION, "Built-in corpus generator: 2 (web-like) or 1 "
       "(the first round's; with --reference_steps 4000 it reproduces the "
       "README's version-1 table).")
   _FILTER_RATIO = flags.DEFINE_float("filter_ratio", 0.8, "JEST's f.")
