@@ -263,6 +263,13 @@ def super_batch_size(config):
   return int(round(config.batch_size / (1.0 - f)))
 
 
+def needs_learner_scores(config):
+  """Whether selection scores the super-batch with the learner (reference-
+  only scoring, CLIP-score filtering, reads its scores from the cache)."""
+  sel = config.selection
+  return sel.kind != "uniform" and sel.scoring != "easy_reference"
+
+
 def needs_reference(config):
   sel = config.selection
   return sel.kind != "uniform" and sel.scoring != "hard_learner"

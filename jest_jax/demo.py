@@ -129,6 +129,9 @@ def run_demo(workdir, *, steps, reference_steps, filter_ratio, seed,
     _stage(f"== stage {i + 3}/{STAGES}: {name} learner -> {run_dir}")
     summary[name], _ = train.train_and_evaluate(config, run_dir)
 
+  # Whether the training data marks its corrupted pairs (else the
+  # corrupted-share column is a meaningless 0).
+  summary["corrupt_known"] = not pool_name or bool(config.data.corrupt_key)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2, sort_keys=True)
   plot_curves(workdir, LEARNERS, os.path.join(workdir, "curves.png"))
@@ -160,10 +163,12 @@ def plot_curves(workdir, runs, path):
   plt.close(fig)
 
 
-def format_table(summary, corrupt_known=True):
-  """The comparison table; `corrupt_known`: the training data marks its
-  corrupted pairs (the built-in corpus, or `data.corrupt_key`), else the
-  corrupted-share column says n/a rather than a meaningless 0."""
+def format_table(summary, corrupt_known=None):
+  """The comparison table; `corrupt_known` (default: the summary's): the
+  training data marks its corrupted pairs (the built-in corpus, or
+  `data.corrupt_key`), else the corrupted-share column says n/a."""
+  if corrupt_known is None:
+    corrupt_known = summary.get("corrupt_known", True)
   header = ("| run | steps | zero-shot top-1 | i2t R@1 | t2i R@1 | "
             "corrupt share trained (pool) | wall s |")
   lines = [header, "|" + "---|" * 7]
@@ -207,10 +212,7 @@ def main(argv):
     sys.stderr.write(f"{e}\n")
     sys.exit(e.exit_code)
   print()
-  corrupt_known = not _POOL.value or any(
-      item.startswith("data.corrupt_key=") and item.split("=", 1)[1]
-      for item in _OVERRIDES.value)
-  print(format_table(summary, corrupt_known))
+  print(format_table(summary))
   print()
   print(f"outputs: {os.path.abspath(workdir)}/ (summary.json, curves.png, "
         "reference/ iid/ clip_score/ jest/ with metrics.jsonl and "
@@ -227,8 +229,8 @@ def _define_flags():
   _REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 2000,
                                           "Reference model steps.")
   _CORPUS_VERSION = flags.DEFINE_integer(
-      "corpus_version", DEFAULT_CORPUS_VERSION, "Built-in corpus generator: 2 (web-like) or 1 "
-      "(the first round's; with --reference_steps 4000 it reproduces the "
+      "corpus_version", DEFAULT_CORPUS_VERSION,
+      "Built-in corpus generator: 2 (web-like) or 1 (the first round's; with --reference_steps 4000 it reproduces the "
       "README's version-1 table).")
   _FILTER_RATIO = flags.DEFINE_float("filter_ratio", 0.8, "JEST's f.")
   _SEED = flags.DEFINE_integer("seed", 0, "Seed of the learners and reference.")

@@ -208,11 +208,18 @@ def hard_negative_accuracy(image_emb, text_emb, hard_emb):
   return float(np.mean(np.all(true_sim[:, None] > hard_sim, axis=1)))
 
 
-def zeroshot_accuracy(image_emb, class_emb, labels, ks=ZEROSHOT_KS):
+def zeroshot_accuracy(image_emb, class_emb, labels, ks=ZEROSHOT_KS,
+                      groups=None):
   """`{"top{k}"}`: the share of images whose label is among the k classes
-  with the most similar embeddings (`[n, d]`, `[classes, d]`, int `[n]`)."""
+  with the most similar embeddings (`[n, d]`, `[classes, d]`, int `[n]`);
+  plus, for each `{name: bool [n]}` of `groups` with members, the top-1
+  share within it."""
   ranks = true_ranks(image_emb, class_emb, labels)
-  return {f"top{k}": float(np.mean(ranks < k)) for k in ks}
+  out = {f"top{k}": float(np.mean(ranks < k)) for k in ks}
+  for name, mask in (groups or {}).items():
+    if mask.any():
+      out[name] = float(np.mean(ranks[mask] == 0))
+  return out
 
 
 # ---------------------------------------------------------------- data --
@@ -418,7 +425,7 @@ class _Evaluator:
     prompt_emb = _normalize(encoder.texts(params, self._class_tokens))
     class_emb = _normalize(prompt_emb.reshape(
         -1, self._num_templates, prompt_emb.shape[-1]).mean(axis=1))
-    out = zeroshot_accuracy(image_emb, class_emb, data.labels)
+    groups = None
     if cfg is not None:
       # Version 2's zero-shot label is the concept: also report the rare
       # half of the pool's concepts and those the curated split lacks.
@@ -426,11 +433,8 @@ class _Evaluator:
       groups = {"tail_top1": ranks[data.labels] >= corpus_v2.N_CONCEPTS // 2,
                 "missing_top1": np.isin(data.labels,
                                         corpus_v2.missing_concepts(cfg))}
-      correct = true_ranks(image_emb, class_emb, data.labels) == 0
-      for key, mask in groups.items():
-        if mask.any():
-          out[key] = float(np.mean(correct[mask]))
-    return out
+    return zeroshot_accuracy(image_emb, class_emb, data.labels,
+                             groups=groups)
 
 
 class Evaluators:

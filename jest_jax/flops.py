@@ -39,8 +39,7 @@ def paper_flops_ratio(config, approx_factor):
   patch = config.patch
   large = patch.large_fraction
   train_cost = 3.0 * (1.0 - large + large * approx_factor)
-  if (config.selection.kind == "uniform"
-      or config.selection.scoring == "easy_reference"):
+  if not config_lib.needs_learner_scores(config):
     return train_cost / 3.0
   ratio = config_lib.super_batch_size(config) / config.batch_size
   if patch.score == "small" and not large:
@@ -75,7 +74,7 @@ def measure_flops(functions, state, super_batch, reference, key):
   out["flops/approx_factor"] = approx_factor
   if functions.selecting:
     learner = None  # Reference-only scoring runs no learner pass.
-    if functions.config.selection.scoring != "easy_reference":
+    if config_lib.needs_learner_scores(functions.config):
       out["flops/score"] = program_flops(functions.score, state.params,
                                          super_batch)
       learner = jax.eval_shape(functions.score, state.params, super_batch)

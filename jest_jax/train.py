@@ -272,7 +272,7 @@ class StepFunctions:
     if self.selecting:
       # Reference-only scoring (CLIP-score filtering) needs no learner
       # forward pass: such a step costs about an IID step.
-      if self.config.selection.scoring != "easy_reference":
+      if config_lib.needs_learner_scores(self.config):
         learner = self.score(state.params, super_batch)
       ref = self.as_float32(reference)
       indices = self.select(select_key, learner, ref)
