@@ -3,6 +3,7 @@
   python benchmarks/study.py                  # the whole study (resumable)
   python benchmarks/study.py --plan           # the runs, without running
   python benchmarks/study.py --tabulate_only  # tables from finished runs
+  python benchmarks/study.py --sweep          # the knob sweep (one seed)
 
 Every run trains configs/jest.py's learner on the built-in corpus version 2
 (long-tailed concepts, near-duplicates, 50% noise; jest_jax/data/corpus_v2.py)
@@ -44,6 +45,13 @@ one reference serving many runs would amortise it). Wall seconds are the
 training loop's (evaluations and checkpoints left out), on this machine,
 one run at a time.
 
+The knob sweep (`--sweep`, after the study: its default point and tie
+margin are the study's seed-0 runs and seed spread) moves one corpus knob
+at a time (noise share, tail steepness, the reference's training steps)
+and trains IID, CLIP-score, easy-reference and JEST (f = 0.8) at each
+point, each point with its own reference; it writes study_sweep.json and
+study_sweep.png.
+
 Writes benchmarks/results/study.json, study_curves.png (zero-shot vs steps,
 FLOPs and seconds) and study_ratios.png (final accuracy vs f), and prints
 the per-run table and the claims table.
@@ -74,6 +82,8 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Learner seeds.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between evals.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these run names (all seeds).")
 _PLAN = flags.DEFINE_bool("plan", False, "Print the runs and stop.")
+_SWEEP = flags.DEFINE_bool("sweep", False,
+                            "Run the knob sweep (one seed) instead.")
 _TABULATE_ONLY = flags.DEFINE_bool("tabulate_only", False,
                                    "Tabulate finished runs; train nothing.")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(
@@ -129,10 +139,10 @@ def run_specs(matched_steps=None):
 
 
 def learner_config(method, f, seed, steps, overrides, cache_dir, ref_dir,
-                   label):
+                   label, data=None):
   config = config_lib.load_config(
       "jest", f"method={method},filter_ratio={f},steps={steps},seed={seed}")
-  config_lib.apply_overrides(config, {**DATA, **overrides})
+  config_lib.apply_overrides(config, {**(data or DATA), **overrides})
   config.method = label
   config.eval_every = config.checkpoint_every = _EVAL_EVERY.value
   if config_lib.needs_reference(config):
@@ -141,10 +151,10 @@ def learner_config(method, f, seed, steps, overrides, cache_dir, ref_dir,
   return config
 
 
-def train_reference(ref_dir):
+def train_reference(ref_dir, data=None, steps=None):
   config = config_lib.load_config(
-      "reference", f"steps={_REFERENCE_STEPS.value},seed=0")
-  config_lib.apply_overrides(config, DATA)
+      "reference", f"steps={steps or _REFERENCE_STEPS.value},seed=0")
+  config_lib.apply_overrides(config, data or DATA)
   config.eval_every = config.checkpoint_every = _EVAL_EVERY.value
   train.train_and_evaluate(config, ref_dir)
   return cache_reference.build_cache(ref_dir, "train")
@@ -549,25 +559,219 @@ def plot(runs, reference, path_curves, path_ratios):
   plt.close(fig)
 
 
+# -------------------------------------------------------------- sweep --
+
+# The knob sweep (`--sweep`): where each method wins when the data differ
+# from the default. One seed (the first of `--seeds`); every point trains
+# its own reference (on its own corpus, for its own steps) and these runs.
+SWEEP_RUNS = ("iid", f"clip_score_f{MAIN_F}", f"easy_reference_f{MAIN_F}",
+              f"jest_f{MAIN_F}")
+# (knob, value, corpus overrides, reference steps or None for
+# --reference_steps). Each knob's centre is the study's default point.
+SWEEP = (
+    ("noise_rate", 0.2, {"data.noise_rate": 0.2}, None),
+    ("noise_rate", 0.8, {"data.noise_rate": 0.8}, None),
+    ("zipf_exponent", 0.0, {"data.zipf_exponent": 0.0}, None),
+    ("zipf_exponent", 1.5, {"data.zipf_exponent": 1.5}, None),
+    ("reference_steps", 250, {}, 250),
+    ("reference_steps", 4000, {}, 4000),
+)
+SWEEP_METRICS = (HEADLINE, "eval/zeroshot/tail_top1", RETRIEVAL,
+                 "eval/retrieval/hard_negative_acc")
+
+
+def sweep_points():
+  """`[(knob, value, data overrides, reference steps, directory suffix)]`:
+  the default point (the study's own runs, suffix None) and SWEEP's."""
+  data = config_lib.load_config("jest").data
+  default = dict(noise_rate=data.noise_rate, zipf_exponent=data.zipf_exponent,
+                 reference_steps=_REFERENCE_STEPS.value)
+  points = [("default", default, {}, None, None)]
+  for knob, value, overrides, ref_steps in SWEEP:
+    points.append((knob, value, overrides, ref_steps, f"{knob}_{value}"))
+  return points
+
+
+def run_sweep(workdir, seed, train_now):
+  """Trains (or reads) every sweep point; returns `[point]` with each
+  point's reference summary and `{run name: run or None}`."""
+  specs = {spec[0]: spec for spec in run_specs()}
+  out = []
+  for knob, value, overrides, ref_steps, suffix in sweep_points():
+    point_dir = (workdir if suffix is None
+                 else os.path.join(workdir, "sweep", suffix))
+    ref_dir = os.path.join(point_dir, "reference")
+    data = {**DATA, **overrides}
+    cache_dir, manifest = None, None
+    if train_now:
+      print(f"== sweep point {knob}={value}", flush=True)
+      cache_dir, manifest = train_reference(ref_dir, data, ref_steps)
+    elif os.path.isdir(os.path.join(ref_dir, "embeddings", "train")):
+      from jest_jax import reference_cache  # pylint: disable=g-import-not-at-top
+      cache_dir = os.path.join(ref_dir, "embeddings", "train")
+      manifest = reference_cache.read_manifest(cache_dir)
+    runs = {}
+    for name in SWEEP_RUNS:
+      _, method, f, run_overrides = specs[name]
+      config = learner_config(method, f, seed, _STEPS.value,
+                              dict(run_overrides), cache_dir, ref_dir, name,
+                              data)
+      # A run that reads no reference on the default corpus is the default
+      # point's run (the reference-steps knob changes nothing for IID).
+      same = not overrides and not config_lib.needs_reference(config)
+      run_dir = os.path.join(workdir if same else point_dir,
+                             f"{name}_seed{seed}")
+      if train_now and read_run(run_dir) is None:
+        print(f"== {run_dir}", flush=True)
+        train.train_and_evaluate(config, run_dir)
+      runs[name] = read_run(run_dir)
+    reference = (reference_summary(ref_dir, manifest, ref_steps)
+                 if manifest is not None else None)
+    out.append(dict(knob=knob, value=value, data=data,
+                    reference_steps=ref_steps or _REFERENCE_STEPS.value,
+                    reference=reference, runs=runs))
+  return out
+
+
+def sweep_margin(workdir, seeds):
+  """The study's largest seed spread (std of final zero-shot over seeds)
+  among SWEEP_RUNS at the default point: one-seed differences below it are
+  read as ties. 0 when the study has fewer than two seeds."""
+  spreads = []
+  for name in SWEEP_RUNS:
+    values = [r["final"][HEADLINE] for r in (
+        read_run(os.path.join(workdir, f"{name}_seed{s}")) for s in seeds)
+              if r is not None]
+    if len(values) > 1:
+      spreads.append(float(np.std(values, ddof=1)))
+  return max(spreads) if spreads else 0.0
+
+
+def sweep_rows(points, margin):
+  """Per point: final metrics per method, JEST at CLIP-score's FLOPs, and
+  the winners (every method within `margin` of the best)."""
+  rows = []
+  clip, jest = f"clip_score_f{MAIN_F}", f"jest_f{MAIN_F}"
+  for point in points:
+    runs = point["runs"]
+    finals = {name: ({k: run["final"][k] for k in SWEEP_METRICS}
+                     if run else None) for name, run in runs.items()}
+    winners = {}
+    for key in (HEADLINE, RETRIEVAL):
+      scored = {n: f[key] for n, f in finals.items() if f is not None}
+      if scored:
+        best = max(scored.values())
+        winners[key] = [n for n, v in scored.items() if v >= best - margin]
+    jest_at_clip = None
+    if runs.get(clip) and runs.get(jest):
+      budget = runs[clip]["steps"] * runs[clip]["step_flops"]
+      jest_at_clip = value_at(runs[jest]["curve"][HEADLINE],
+                              budget / runs[jest]["step_flops"])
+    rows.append(dict(knob=point["knob"], value=point["value"],
+                     reference=(point["reference"] or {}).get("final"),
+                     final=finals, jest_zeroshot_at_clip_flops=jest_at_clip,
+                     winners=winners))
+  return rows
+
+
+def format_sweep(rows, margin):
+  short = {"iid": "IID", f"clip_score_f{MAIN_F}": "CLIP-score",
+           f"easy_reference_f{MAIN_F}": "easy-ref", f"jest_f{MAIN_F}": "JEST"}
+  cell = lambda x: "–" if x is None else f"{x:.3f}"
+  lines = ["| knob = value | reference | " + " | ".join(
+      short[n] for n in SWEEP_RUNS) + " | JEST at CLIP-score's FLOPs | "
+           f"best zero-shot (±{margin:.3f}) | best i2t R@1 (±{margin:.3f}) |",
+           "|" + "---|" * (len(SWEEP_RUNS) + 5)]
+  for row in rows:
+    value = (", ".join(f"{k} {v}" for k, v in row["value"].items())
+             if row["knob"] == "default" else f"{row['knob']} = {row['value']}")
+    ref = (row["reference"] or {}).get(HEADLINE)
+    cells = []
+    for name in SWEEP_RUNS:
+      final = row["final"].get(name)
+      cells.append("–" if final is None else
+                   f"{final[HEADLINE]:.3f} / {final[RETRIEVAL]:.3f}")
+    best = [", ".join(short[n] for n in row["winners"].get(k, []))
+            for k in (HEADLINE, RETRIEVAL)]
+    lines.append(f"| {value} | {cell(ref)} | " + " | ".join(cells)
+                 + f" | {cell(row['jest_zeroshot_at_clip_flops'])} | "
+                 + " | ".join(best) + " |")
+  return lines
+
+
+def plot_sweep(rows, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  default = next(r for r in rows if r["knob"] == "default")
+  knobs = [k for k in dict.fromkeys(r["knob"] for r in rows)
+           if k != "default"]
+  fig, axes = plt.subplots(1, len(knobs), figsize=(5 * len(knobs), 4))
+  for ax, knob in zip(np.atleast_1d(axes), knobs):
+    points = sorted([(r["value"], r) for r in rows if r["knob"] == knob]
+                    + [(default["value"][knob], default)],
+                    key=lambda p: p[0])
+    xs = [x for x, _ in points]
+    for name in SWEEP_RUNS:
+      ys = [(r["final"].get(name) or {}).get(HEADLINE, np.nan)
+            for _, r in points]
+      ax.plot(xs, ys, marker="o", label=name)
+    ax.plot(xs, [(r["reference"] or {}).get(HEADLINE, np.nan)
+                 for _, r in points], "k:", marker="x", label="reference")
+    ax.set_xlabel(knob)
+    ax.set_ylabel("final zero-shot top-1")
+    ax.grid(alpha=0.3)
+  np.atleast_1d(axes)[0].legend(fontsize=7)
+  fig.suptitle("knob sweep (corpus v2, 1 seed; the middle point of each "
+               "knob is the default)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def sweep_main(workdir, seeds, train_now):
+  if _PLAN.value:
+    for knob, value, overrides, ref_steps, suffix in sweep_points():
+      print(f"{knob}={value}: {overrides} reference "
+            f"{ref_steps or _REFERENCE_STEPS.value} steps, runs "
+            f"{', '.join(SWEEP_RUNS)} in "
+            + os.path.join(workdir, *(("sweep", suffix) if suffix else ())))
+    return
+  points = run_sweep(workdir, seeds[0], train_now)
+  margin = sweep_margin(workdir, seeds)
+  rows = sweep_rows(points, margin)
+  lines = format_sweep(rows, margin)
+  command = "python " + " ".join(sys.argv)
+  os.makedirs(_OUT.value, exist_ok=True)
+  plot_sweep(rows, os.path.join(_OUT.value, "study_sweep.png"))
+  common.write_json(_OUT.value, "study_sweep", dict(
+      command=command, machine=common.machine(), steps=_STEPS.value,
+      seed=seeds[0], tie_margin=margin, points=points, rows=rows,
+      markdown=lines))
+  print(f"command: {command}\n")
+  print("\n".join(lines))
+
+
 # --------------------------------------------------------------- main --
 
 
-def reference_summary(ref_dir, manifest):
+def reference_summary(ref_dir, manifest, steps=None):
   rows = metrics_lib.read_metrics(ref_dir)
   evals = [r for r in rows if HEADLINE in r]
   logs = [r for r in rows if "train/step_seconds" in r]
   with open(os.path.join(ref_dir, "flops.json")) as f:
     flops = json.load(f)
+  steps = steps or _REFERENCE_STEPS.value
   train_flops = (flops["flops/ratio_to_iid"] * flops["flops/iid_step"]
-                 * _REFERENCE_STEPS.value)
+                 * steps)
   build = (manifest or {}).get("build_flops", 0.0) or 0.0
-  return dict(steps=_REFERENCE_STEPS.value,
+  return dict(steps=steps,
               final={k: evals[-1].get(k) for k, _ in METRICS
                      if k.startswith("eval/")} if evals else {},
               train_flops=train_flops, cache_build_flops=build,
               total_flops=train_flops + build,
               train_seconds=(logs[-1]["train/step_seconds"]
-                             * _REFERENCE_STEPS.value) if logs else None,
+                             * steps) if logs else None,
               cache_build_seconds=(manifest or {}).get("build_seconds"))
 
 
@@ -578,6 +782,9 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value]
   ref_dir = os.path.join(workdir, "reference")
   train_now = not (_PLAN.value or _TABULATE_ONLY.value)
+  if _SWEEP.value:
+    sweep_main(workdir, seeds, train_now)
+    return
   manifest, cache_dir = None, None
   if train_now:
     cache_dir, manifest = train_reference(ref_dir)

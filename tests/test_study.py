@@ -62,3 +62,23 @@ def test_claim_four_is_iid_steps_over_the_steps_jest_needs():
   assert targets["jest_steps_factor_ge_5"] == pytest.approx(6.0)
   surpass = next(c for c in claims if c["claim"] == 5)
   assert surpass["verdict"] == "holds"  # 0.9 against the reference's 0.5.
+
+
+def test_sweep_rows_name_every_method_within_the_margin_and_jest_at_clip_flops():
+  def run(value, step_flops=1.0):
+    r = _run([[100, value / 2], [300, value]], step_flops=step_flops)
+    for key in study.SWEEP_METRICS:
+      r["final"][key] = value
+    return r
+  clip, jest = f"clip_score_f{study.MAIN_F}", f"jest_f{study.MAIN_F}"
+  easy = f"easy_reference_f{study.MAIN_F}"
+  point = dict(knob="noise_rate", value=0.2, reference=None,
+               runs={"iid": run(0.30), clip: run(0.50), easy: run(0.58),
+                     jest: run(0.60, step_flops=3.0)})
+  row, = study.sweep_rows([point], margin=0.03)
+  assert row["winners"][study.HEADLINE] == [easy, jest]
+  row, = study.sweep_rows([point], margin=0.0)
+  assert row["winners"][study.HEADLINE] == [jest]
+  # CLIP-score's 300 steps x 1 FLOP buy JEST 100 steps (3 FLOPs each).
+  assert row["jest_zeroshot_at_clip_flops"] == pytest.approx(0.30)
+  assert study.format_sweep([row], 0.0)[2].startswith("| noise_rate = 0.2 |")
