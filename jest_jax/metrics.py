@@ -55,6 +55,7 @@ class MetricWriter:
   def __init__(self, workdir, *, resume_step=0, enabled=True,
                tensorboard=True):
     self.enabled = enabled
+    self.kept = []  # The rows kept from earlier processes (lead only).
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self._local = is_local(workdir)
     self._tb = None
@@ -63,6 +64,7 @@ class MetricWriter:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     rows = read_metrics(workdir)
     self._rows = [row for row in rows if row["step"] <= resume_step]
+    self.kept = list(self._rows)
     if self._local:
       # Rewritten only to drop rows past the checkpoint (the run
       # holds the workdir lock, so no other writer has the file open).

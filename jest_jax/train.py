@@ -456,8 +456,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `log_file`: a path (in the workdir) the run's log is appended to while it
   holds the workdir.
 
-  Returns `(summary, state)`: `summary` has `step`, `wall_seconds` (of this
-  process), the final `eval/*` metrics, the `flops/*` measurements, and the
+  Returns `(summary, state)`: `summary` has `step`, `wall_seconds` (of the
+  run: this process's plus those of earlier processes it resumed, as far as
+  their kept log rows record; also logged as `train/wall_seconds`), the final `eval/*` metrics, the `flops/*` measurements, and the
   mean over logged steps of `train/corrupt_fraction` (every run) and of
   `select/pool_corrupt_fraction` (selection runs).
   """
@@ -502,6 +503,14 @@ def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
   state, start_step = resume(checkpoints, state, workdir, config.resume_step)
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
                                     enabled=lead)
+  # The run's wall seconds so far: earlier processes' (their last kept log
+  # row; work lost to a fault after it is not counted) plus this one's.
+  earlier_seconds = next((row["train/wall_seconds"] for row in
+                          reversed(writer.kept)
+                          if "train/wall_seconds" in row), 0.0)
+
+  def run_seconds():
+    return earlier_seconds + time.perf_counter() - t_start
 
   # step (compiled before the loop from the first step's inputs) and evals
   functions = StepFunctions(model, optimizer, config, mesh)
@@ -551,6 +560,7 @@ def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
       guard.share_stop()  # Several processes: a local Ctrl-C.
       row["train/examples_per_s"], row["train/step_seconds"] = progress.log(
           step, row["train/loss"])
+      row["train/wall_seconds"] = run_seconds()
       logged.append(row)
     if evaluators.due(step):
       with progress.excluded():
@@ -581,7 +591,7 @@ def _train_and_evaluate(config, workdir, mesh, guard, t_start, stop_after):
   if not final_eval:  # Already finished before this process started.
     final_eval = evaluators.run(state.params)
   rows = metrics_lib.read_metrics(workdir) if lead else logged
-  summary = dict(step=int(step), wall_seconds=time.perf_counter() - t_start,
+  summary = dict(step=int(step), wall_seconds=run_seconds(),
                  **final_eval, **flops, **corrupt_shares(rows))
   return summary, state
 

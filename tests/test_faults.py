@@ -36,7 +36,8 @@ TINY = [
     "optim.warmup_steps=1", "keep_checkpoints=3",
 ]
 CONFIG_ARG = f"configs/jest.py:method=iid,steps={STEPS}"
-TIMING = ("train/examples_per_s", "train/step_seconds", "wall_seconds")
+TIMING = ("train/examples_per_s", "train/step_seconds", "train/wall_seconds",
+          "wall_seconds")
 STOPPED = ("stopped at step {}, checkpoint saved; rerun the same command to "
            "resume")
 

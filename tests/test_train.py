@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -142,12 +143,20 @@ def test_resume_after_checkpoint_equals_uninterrupted_run(reference_run,
   config = jest_config(reference_run, steps=4)
   _, uninterrupted = train.train_and_evaluate(config, str(tmp_path / "full"))
   resumed_dir = str(tmp_path / "resumed")
-  train.train_and_evaluate(config, resumed_dir, stop_after=2)  # "Preempted".
+  first, _ = train.train_and_evaluate(config, resumed_dir, stop_after=2)
   assert metrics_lib.read_metrics(resumed_dir)[-1]["step"] == 2
-  _, resumed = train.train_and_evaluate(config, resumed_dir)
+  started = time.perf_counter()
+  second, resumed = train.train_and_evaluate(config, resumed_dir)
+  elapsed = time.perf_counter() - started
   params_close(uninterrupted.params, resumed.params, rtol=1e-6, atol=1e-7)
   rows = metrics_lib.read_metrics(resumed_dir)
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  # The run's wall clock continues across the resume: the second process
+  # adds its own seconds to the first's last logged ones, not to zero.
+  seconds = [r["train/wall_seconds"] for r in rows]
+  assert seconds == sorted(seconds) and seconds[1] <= first["wall_seconds"]
+  assert (seconds[1] + 0.9 * elapsed - 0.1 < second["wall_seconds"]
+          <= seconds[1] + elapsed)
   full_rows = metrics_lib.read_metrics(str(tmp_path / "full"))
   np.testing.assert_allclose([r["train/loss"] for r in rows],
                              [r["train/loss"] for r in full_rows], rtol=1e-6)
