@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from jest_jax import config_lib
+from jest_jax import evaluate
 from jest_jax import input_pipeline
 from jest_jax.data import convert_folder
 from jest_jax.data import convert_shards
@@ -164,3 +165,33 @@ def test_killed_conversion_resumes_to_byte_identical_output(tmp_path):
   held = files_of(data_config(resumed_dir, "web"), "validation")
   assert len(held) == report["splits"]["validation"]["kept"] > 0
   assert all(convert_folder.holdout_share(key) < 0.3 for key, _ in held)
+
+
+def test_label_field_from_a_member_or_the_json_makes_a_class_feature(tmp_path):
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "shards")
+  os.makedirs(root)
+  samples = []
+  for i in range(6):
+    key, members = good(i)
+    if i % 2:
+      members["cls"] = f"kind {i % 3}".encode()  # A member, as WebDataset.
+    else:
+      members["json"] = json.dumps({"cls": f"kind {i % 3}"}).encode()
+    samples.append((key, members))
+  samples.append(good(9))  # No label anywhere: a bad record.
+  write_shard(os.path.join(root, "000000.tar"), samples)
+  data_dir = str(tmp_path / "tfds")
+  report = convert_shards.convert(os.path.join(root, "*.tar"), "labelled",
+                                  data_dir, vocab_size=30, model_type="word",
+                                  label_field="cls")
+  assert [r["row"] for r in report["skipped"]] == ["000000.tar:00009"]
+  assert "no label" in report["skipped"][0]["reason"]
+  records = input_pipeline.open_records(data_config(data_dir, "labelled"),
+                                        "train")
+  names = evaluate.dataset_class_names(records.dataset_dir)
+  assert names == ["kind 0", "kind 1", "kind 2"]
+  labels = [names[tf_example_pb2.Example.FromString(
+      records.reader.source[i]).features.feature["label"].int64_list.value[0]]
+            for i in range(len(records))]
+  assert labels == [f"kind {i % 3}" for i in range(6)]

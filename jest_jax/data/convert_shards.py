@@ -3,13 +3,17 @@ dataset (ArrayRecord files), like `convert_folder` does for a folder.
 
   python -m jest_jax.data.convert_shards 'DIR/{000000..000099}.tar' \
       --name my_web [--data_dir DIR] [--workers 4] [--image_size 64] \
-      [--holdout 0.01] [--json_fields clip_score] [--tokenizer X.model]
+      [--holdout 0.01] [--json_fields clip_score] [--label_field cls] \
+      [--tokenizer X.model]
 
 Shards: a glob or a brace range (`{000000..000099}`, zero padding kept),
 read in sorted order. Each holds members `KEY.EXT` grouped by KEY (the name
 up to its first dot): an image (`jpg`, `jpeg`, `png`, `webp`), a caption
 (`txt`) and optionally `json`, whose numeric `--json_fields` become float
-features (NaN where missing).
+features (NaN where missing). `--label_field NAME` makes a `label` class
+feature (so the data can be a zero-shot evaluator's) from the member
+`KEY.NAME` (e.g. `cls`) or else the `.json` field NAME; a sample without it
+is a bad record.
 
 Two phases. (1) Each shard is streamed (tarfile, one member at a time),
 checked with the folder converter's bad-record policy (missing or
@@ -103,6 +107,24 @@ def group_members(tar_path):
     yield key, members
 
 
+def sample_label(members, extra, label_field):
+  """The class name of a sample: its member `label_field` (text) or else
+  its `.json` field; raises ValueError if it has neither."""
+  if label_field in members:
+    try:
+      label = members[label_field].decode("utf-8").strip()
+    except UnicodeDecodeError:
+      raise ValueError(f"label member .{label_field} is not UTF-8") from None
+  else:
+    label = extra.get(label_field)
+    label = "" if label is None or isinstance(label, (dict, list)) else (
+        str(label).strip())
+  if not label:
+    raise ValueError(f"no label (member .{label_field} or .json field "
+                     f"{label_field!r})")
+  return label
+
+
 def check_sample(members, image_size=0, crop="center"):
   """`(image bytes, caption, json dict)` of a usable sample, or raises
   ValueError saying what is wrong (the folder converter's policy)."""
@@ -149,10 +171,11 @@ def _read_field(f):
 
 
 def convert_shard(tar_path, parts_dir, image_size=0, crop="center",
-                  bad_records="skip", json_fields=()):
+                  bad_records="skip", json_fields=(), label_field=""):
   """Phase 1 for one shard: its checked samples -> `SHARD.part` and the
-  done marker (both written atomically). Returns the marker's dict; a shard
-  already marked done is not read again."""
+  done marker (both written atomically; the marker lists the shard's
+  distinct labels when `label_field` is set). Returns the marker's dict; a
+  shard already marked done is not read again."""
   name = _shard_name(tar_path)
   marker = os.path.join(parts_dir, f"{name}.done.json")
   if os.path.exists(marker):
@@ -160,7 +183,7 @@ def convert_shard(tar_path, parts_dir, image_size=0, crop="center",
       return json.load(f)
   part = os.path.join(parts_dir, f"{name}.part")
   tmp = f"{part}.tmp{os.getpid()}"
-  kept, skipped = 0, []
+  kept, skipped, labels = 0, [], set()
   with open(tmp, "wb") as f:
     for key, members in group_members(tar_path):
       where = f"{os.path.basename(tar_path)}:{key}"
@@ -168,6 +191,8 @@ def convert_shard(tar_path, parts_dir, image_size=0, crop="center",
         if isinstance(members, str):
           raise ValueError(members)
         image, caption, extra = check_sample(members, image_size, crop)
+        label = (sample_label(members, extra, label_field) if label_field
+                 else None)
       except ValueError as e:
         if bad_records == "error":
           os.remove(tmp)
@@ -182,10 +207,14 @@ def convert_shard(tar_path, parts_dir, image_size=0, crop="center",
       _write_field(f, f"{name}/{key}".encode())
       _write_field(f, caption.encode())
       _write_field(f, image)
-      _write_field(f, json.dumps(values).encode())
+      _write_field(f, json.dumps({"floats": values, "label": label}).encode())
       kept += 1
+      if label is not None:
+        labels.add(label)
   os.replace(tmp, part)
   report = {"shard": name, "kept": kept, "skipped": skipped}
+  if label_field:
+    report["labels"] = sorted(labels)
   storage.write_bytes_atomically(marker, json.dumps(report).encode())
   return report
 
@@ -211,10 +240,10 @@ class ShardExamples:
           if key is None:
             break
           caption, image = _read_field(f).decode(), _read_field(f)
-          floats = json.loads(_read_field(f))
+          meta = json.loads(_read_field(f))
           key = key.decode()
           if self.keep(key):
-            yield image, caption, key, None, floats
+            yield image, caption, key, meta["label"], meta["floats"]
 
   def captions(self):
     return [example[1] for example in self]
@@ -222,7 +251,7 @@ class ShardExamples:
 
 def convert(pattern, name, data_dir="", *, workers=1, image_size=0,
             crop="center", bad_records="skip", holdout=0.0, json_fields=(),
-            tokenizer="", vocab_size=256, model_type="unigram",
+            label_field="", tokenizer="", vocab_size=256, model_type="unigram",
             overwrite=False, stop_after_shards=None):
   """Converts the shards of `pattern` into the TFDS dataset `name`.
 
@@ -237,6 +266,8 @@ def convert(pattern, name, data_dir="", *, workers=1, image_size=0,
     holdout: share of records moved to a `validation` split.
     json_fields: numeric fields of each sample's `.json` kept as float
       features.
+    label_field: a member extension or `.json` field holding each sample's
+      class name (or integer); "" for no `label` feature.
     stop_after_shards: end after converting this many shards, as a kill
       would (for tests; the next call continues).
   Returns:
@@ -257,8 +288,8 @@ def convert(pattern, name, data_dir="", *, workers=1, image_size=0,
   root = storage.resolve_data_dir(data_dir)
   parts_dir = os.path.join(root, f".{name}{PARTS_SUFFIX}")
   os.makedirs(parts_dir, exist_ok=True)
-  todo = [(path, parts_dir, image_size, crop, bad_records, tuple(json_fields))
-          for path in shards]
+  todo = [(path, parts_dir, image_size, crop, bad_records, tuple(json_fields),
+           label_field) for path in shards]
   if stop_after_shards is not None:
     todo = todo[:stop_after_shards]
   if workers > 1:
@@ -280,13 +311,22 @@ def convert(pattern, name, data_dir="", *, workers=1, image_size=0,
   for split, examples in splits.items():
     report["splits"][split] = {"kept": sum(1 for _ in iter(_keys(examples)))}
   report["splits"]["train"]["skipped"] = len(report["skipped"])
+  class_names = None
+  if label_field:
+    if any("labels" not in r for r in reports):
+      raise convert_folder.ConversionError(
+          f"{parts_dir} holds shards converted without --label_field; "
+          f"delete it and convert again")
+    class_names = convert_folder.label_names(
+        set().union(*(r["labels"] for r in reports)))
+    report["label_field"] = label_field
   if not report["splits"]["train"]["kept"]:
     raise convert_folder.ConversionError(
         f"{pattern}: no usable samples (skipped {len(report['skipped'])})")
   return convert_folder.write_dataset(
       name, splits, data_dir, tokenizer=tokenizer, vocab_size=vocab_size,
       model_type=model_type, overwrite=overwrite, report=report,
-      float_fields=tuple(json_fields),
+      class_names=class_names, float_fields=tuple(json_fields),
       tokenizer_texts=None if tokenizer else splits["train"].captions())
 
 
@@ -306,6 +346,7 @@ def main(argv):
         image_size=_IMAGE_SIZE.value, crop=_CROP.value,
         bad_records=_BAD_RECORDS.value, holdout=_HOLDOUT.value,
         json_fields=[f for f in _JSON_FIELDS.value.split(",") if f],
+        label_field=_LABEL_FIELD.value,
         tokenizer=_TOKENIZER.value, vocab_size=_VOCAB_SIZE.value,
         model_type=_MODEL_TYPE.value, overwrite=_OVERWRITE.value)
   except (convert_folder.ConversionError, OSError, ValueError) as e:
@@ -321,7 +362,8 @@ def main(argv):
 def _define_flags():
   """CLI flags, defined only when this module is the program."""
   global _NAME, _DATA_DIR, _WORKERS, _IMAGE_SIZE, _CROP, _BAD_RECORDS
-  global _HOLDOUT, _JSON_FIELDS, _TOKENIZER, _VOCAB_SIZE, _MODEL_TYPE
+  global _HOLDOUT, _JSON_FIELDS, _LABEL_FIELD, _TOKENIZER, _VOCAB_SIZE
+  global _MODEL_TYPE
   global _OVERWRITE
   _NAME = flags.DEFINE_string("name", None, "Dataset name, e.g. my_web.")
   _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir (default: "
@@ -339,6 +381,9 @@ def _define_flags():
   _JSON_FIELDS = flags.DEFINE_string(
       "json_fields", "", "Comma-separated numeric fields of each sample's "
       ".json to keep (e.g. clip_score).")
+  _LABEL_FIELD = flags.DEFINE_string(
+      "label_field", "", "Member extension (e.g. cls) or .json field with "
+      "each sample's class: makes a `label` feature for zero-shot evals.")
   _TOKENIZER, _VOCAB_SIZE, _MODEL_TYPE = convert_folder.define_tokenizer_flags()
   _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing "
                                  "dataset of the same name.")
