@@ -141,6 +141,11 @@ def test_killed_conversion_resumes_to_byte_identical_output(tmp_path):
   parts = os.path.join(resumed_dir, ".web.parts")
   assert sorted(os.listdir(parts)) == ["000000.done.json", "000000.part"]
   done_before = os.stat(os.path.join(parts, "000000.part")).st_mtime_ns
+  # Resuming with other settings would mix parts made two ways: refused.
+  with pytest.raises(convert_folder.ConversionError,
+                     match=r"converted with other settings.*image_size"):
+    convert_shards.convert(pattern, "web", resumed_dir, vocab_size=30,
+                           holdout=0.3, image_size=8)
   # A kill in the middle of shard 1 leaves its temporary file behind.
   with open(os.path.join(parts, "000001.part.tmp999"), "wb") as f:
     f.write(b"half a shard")

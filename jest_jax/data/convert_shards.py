@@ -23,7 +23,10 @@ then marked done (`SHARD.done.json`, its counts and skipped records). Shards
 run in `--workers` processes; a rerun after a kill skips the shards marked
 done. (2) The parts are assembled, in shard order, into the TFDS dataset;
 the result depends only on the shards, so an interrupted and resumed
-conversion writes the same bytes as an uninterrupted one.
+conversion writes the same bytes as an uninterrupted one. A marker records
+the settings its part was made with (`--image_size`, `--crop`,
+`--json_fields`, `--label_field`); a rerun with other settings is refused
+rather than mixing parts.
 
 Every record keeps `file` = `SHARD/KEY`, so a reference-cache row traces to
 its source. `--image_size N` resizes (after a centre crop unless `--crop
@@ -178,9 +181,18 @@ def convert_shard(tar_path, parts_dir, image_size=0, crop="center",
   shard already marked done is not read again."""
   name = _shard_name(tar_path)
   marker = os.path.join(parts_dir, f"{name}.done.json")
+  # What a part's content depends on besides the shard.
+  settings = dict(image_size=image_size, crop=crop,
+                  json_fields=list(json_fields), label_field=label_field)
   if os.path.exists(marker):
     with open(marker) as f:
-      return json.load(f)
+      report = json.load(f)
+    if report.get("settings") != settings:
+      raise convert_folder.ConversionError(
+          f"{parts_dir} holds shards converted with other settings "
+          f"({report.get('settings')}, now {settings}); rerun with those "
+          f"flags or delete it and convert again")
+    return report
   part = os.path.join(parts_dir, f"{name}.part")
   tmp = f"{part}.tmp{os.getpid()}"
   kept, skipped, labels = 0, [], set()
@@ -212,7 +224,8 @@ def convert_shard(tar_path, parts_dir, image_size=0, crop="center",
       if label is not None:
         labels.add(label)
   os.replace(tmp, part)
-  report = {"shard": name, "kept": kept, "skipped": skipped}
+  report = {"shard": name, "kept": kept, "skipped": skipped,
+            "settings": settings}
   if label_field:
     report["labels"] = sorted(labels)
   storage.write_bytes_atomically(marker, json.dumps(report).encode())
@@ -313,10 +326,6 @@ def convert(pattern, name, data_dir="", *, workers=1, image_size=0,
   report["splits"]["train"]["skipped"] = len(report["skipped"])
   class_names = None
   if label_field:
-    if any("labels" not in r for r in reports):
-      raise convert_folder.ConversionError(
-          f"{parts_dir} holds shards converted without --label_field; "
-          f"delete it and convert again")
     class_names = convert_folder.label_names(
         set().union(*(r["labels"] for r in reports)))
     report["label_field"] = label_field
