@@ -634,22 +634,24 @@ def run_sweep(workdir, seed, train_now):
 
 
 def sweep_margin(workdir, seeds):
-  """The study's largest seed spread (std of final zero-shot over seeds)
-  among SWEEP_RUNS at the default point: one-seed differences below it are
-  read as ties. 0 when the study has fewer than two seeds."""
-  spreads = []
-  for name in SWEEP_RUNS:
-    values = [r["final"][HEADLINE] for r in (
-        read_run(os.path.join(workdir, f"{name}_seed{s}")) for s in seeds)
-              if r is not None]
-    if len(values) > 1:
-      spreads.append(float(np.std(values, ddof=1)))
-  return max(spreads) if spreads else 0.0
+  """`{metric: the study's largest seed spread}` (std of the final value
+  over seeds, among SWEEP_RUNS at the default point) for zero-shot and
+  i2t R@1: one-seed differences below it are read as ties. 0 where the
+  study has fewer than two seeds."""
+  runs = {name: [r for r in (read_run(os.path.join(workdir, f"{name}_seed{s}"))
+                             for s in seeds) if r is not None]
+          for name in SWEEP_RUNS}
+  margins = {}
+  for key in (HEADLINE, RETRIEVAL):
+    spreads = [float(np.std([r["final"][key] for r in seed_runs], ddof=1))
+               for seed_runs in runs.values() if len(seed_runs) > 1]
+    margins[key] = max(spreads) if spreads else 0.0
+  return margins
 
 
 def sweep_rows(points, margin):
   """Per point: final metrics per method, JEST at CLIP-score's FLOPs, and
-  the winners (every method within `margin` of the best)."""
+  the winners (every method within `margin[metric]` of the best)."""
   rows = []
   clip, jest = f"clip_score_f{MAIN_F}", f"jest_f{MAIN_F}"
   for point in points:
@@ -661,7 +663,8 @@ def sweep_rows(points, margin):
       scored = {n: f[key] for n, f in finals.items() if f is not None}
       if scored:
         best = max(scored.values())
-        winners[key] = [n for n, v in scored.items() if v >= best - margin]
+        winners[key] = [n for n, v in scored.items()
+                        if v >= best - margin[key]]
     jest_at_clip = None
     if runs.get(clip) and runs.get(jest):
       budget = runs[clip]["steps"] * runs[clip]["step_flops"]
@@ -679,8 +682,10 @@ def format_sweep(rows, margin):
            f"easy_reference_f{MAIN_F}": "easy-ref", f"jest_f{MAIN_F}": "JEST"}
   cell = lambda x: "–" if x is None else f"{x:.3f}"
   lines = ["| knob = value | reference | " + " | ".join(
-      short[n] for n in SWEEP_RUNS) + " | JEST at CLIP-score's FLOPs | "
-           f"best zero-shot (±{margin:.3f}) | best i2t R@1 (±{margin:.3f}) |",
+      short[n] for n in SWEEP_RUNS) + " | JEST at CLIP-score's FLOPs "
+           "(zero-shot) | "
+           f"best zero-shot (±{margin[HEADLINE]:.3f}) | best i2t R@1 "
+           f"(±{margin[RETRIEVAL]:.3f}) |",
            "|" + "---|" * (len(SWEEP_RUNS) + 5)]
   for row in rows:
     value = (", ".join(f"{k} {v}" for k, v in row["value"].items())

@@ -75,10 +75,13 @@ def test_sweep_rows_name_every_method_within_the_margin_and_jest_at_clip_flops()
   point = dict(knob="noise_rate", value=0.2, reference=None,
                runs={"iid": run(0.30), clip: run(0.50), easy: run(0.58),
                      jest: run(0.60, step_flops=3.0)})
-  row, = study.sweep_rows([point], margin=0.03)
+  margin = {study.HEADLINE: 0.03, study.RETRIEVAL: 0.0}
+  row, = study.sweep_rows([point], margin=margin)
   assert row["winners"][study.HEADLINE] == [easy, jest]
-  row, = study.sweep_rows([point], margin=0.0)
+  assert row["winners"][study.RETRIEVAL] == [jest]  # Its own margin.
+  margin = {study.HEADLINE: 0.0, study.RETRIEVAL: 0.0}
+  row, = study.sweep_rows([point], margin=margin)
   assert row["winners"][study.HEADLINE] == [jest]
   # CLIP-score's 300 steps x 1 FLOP buy JEST 100 steps (3 FLOPs each).
   assert row["jest_zeroshot_at_clip_flops"] == pytest.approx(0.30)
-  assert study.format_sweep([row], 0.0)[2].startswith("| noise_rate = 0.2 |")
+  assert study.format_sweep([row], margin)[2].startswith("| noise_rate = 0.2 |")
