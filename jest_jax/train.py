@@ -458,8 +458,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns `(summary, state)`: `summary` has `step`, `wall_seconds` (of the
   run: this process's plus those of earlier processes it resumed, as far as
-  their kept log rows record; also logged as `train/wall_seconds`), the final `eval/*` metrics, the `flops/*` measurements, and the
-  mean over logged steps of `train/corrupt_fraction` (every run) and of
+  their kept log rows record; also logged as `train/wall_seconds`), the
+  final `eval/*` metrics, the `flops/*` measurements, and the mean over
+  logged steps of `train/corrupt_fraction` (every run) and of
   `select/pool_corrupt_fraction` (selection runs).
   """
   t_start = time.perf_counter()

@@ -64,7 +64,7 @@ def test_claim_four_is_iid_steps_over_the_steps_jest_needs():
   assert surpass["verdict"] == "holds"  # 0.9 against the reference's 0.5.
 
 
-def test_sweep_rows_name_every_method_within_the_margin_and_jest_at_clip_flops():
+def test_sweep_rows_name_methods_within_the_margin_and_jest_at_clip_flops():
   def run(value, step_flops=1.0):
     r = _run([[100, value / 2], [300, value]], step_flops=step_flops)
     for key in study.SWEEP_METRICS:
