@@ -566,16 +566,12 @@ def plot(runs, reference, path_curves, path_ratios):
 # its own reference (on its own corpus, for its own steps) and these runs.
 SWEEP_RUNS = ("iid", f"clip_score_f{MAIN_F}", f"easy_reference_f{MAIN_F}",
               f"jest_f{MAIN_F}")
-# (knob, value, corpus overrides, reference steps or None for
-# --reference_steps). Each knob's centre is the study's default point.
-SWEEP = (
-    ("noise_rate", 0.2, {"data.noise_rate": 0.2}, None),
-    ("noise_rate", 0.8, {"data.noise_rate": 0.8}, None),
-    ("zipf_exponent", 0.0, {"data.zipf_exponent": 0.0}, None),
-    ("zipf_exponent", 1.5, {"data.zipf_exponent": 1.5}, None),
-    ("reference_steps", 250, {}, 250),
-    ("reference_steps", 4000, {}, 4000),
-)
+# (knob, value): "reference_steps" sets the reference's training steps,
+# any other knob the corpus field `data.<knob>`. Each knob's centre is the
+# study's default point.
+SWEEP = (("noise_rate", 0.2), ("noise_rate", 0.8), ("zipf_exponent", 0.0),
+         ("zipf_exponent", 1.5), ("reference_steps", 250),
+         ("reference_steps", 4000))
 SWEEP_METRICS = (HEADLINE, "eval/zeroshot/tail_top1", RETRIEVAL,
                  "eval/retrieval/hard_negative_acc")
 
@@ -587,7 +583,11 @@ def sweep_points():
   default = dict(noise_rate=data.noise_rate, zipf_exponent=data.zipf_exponent,
                  reference_steps=_REFERENCE_STEPS.value)
   points = [("default", default, {}, None, None)]
-  for knob, value, overrides, ref_steps in SWEEP:
+  for knob, value in SWEEP:
+    if knob == "reference_steps":
+      overrides, ref_steps = {}, value
+    else:
+      overrides, ref_steps = {f"data.{knob}": value}, None
     points.append((knob, value, overrides, ref_steps, f"{knob}_{value}"))
   return points
 

@@ -230,8 +230,9 @@ def _define_flags():
                                           "Reference model steps.")
   _CORPUS_VERSION = flags.DEFINE_integer(
       "corpus_version", DEFAULT_CORPUS_VERSION,
-      "Built-in corpus generator: 2 (web-like) or 1 (the first round's; with --reference_steps 4000 it reproduces the "
-      "README's version-1 table).")
+      "Built-in corpus generator: 2 (web-like) or 1 (the first round's; "
+      "with --reference_steps 4000 it reproduces the README's version-1 "
+      "table).")
   _FILTER_RATIO = flags.DEFINE_float("filter_ratio", 0.8, "JEST's f.")
   _SEED = flags.DEFINE_integer("seed", 0, "Seed of the learners and reference.")
   _EVAL_EVERY = flags.DEFINE_integer("eval_every", 250, "Steps between evals.")
