@@ -45,6 +45,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 from typing import Any
 
 from absl import logging
@@ -55,6 +56,7 @@ import numpy as np
 from jest_jax.data import builtin_tfds
 from jest_jax.data import corpus
 from jest_jax.data import images as images_lib
+from jest_jax.data import record_files
 from jest_jax.data import storage
 from jest_jax.data import tf_example
 from jest_jax.data import tokenizer as tokenizer_lib
@@ -344,9 +346,9 @@ def _open_records(frozen_config, split):
       features, [key for key in (image_key, text_key, corrupt_key, label_key)
                  if key])
   if parse is not None:
-    source = builder.as_data_source(
-        split=split,
-        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    # The serialized records, read file by file in the calling thread.
+    source = record_files.RecordFiles(builder.info.splits[split]
+                                      .file_instructions)
   else:  # TFDS's generic deserializer; images are still decoded by us.
     decoders = None
     if isinstance(features[image_key], tfds.features.Image):
