@@ -5,6 +5,7 @@ in-memory corpus (`corpus.make_split`) indexed by the returned record
 indices; the twin of the order is "every epoch is a permutation".
 """
 
+import grain
 import jax
 import ml_collections
 import ml_dtypes
@@ -77,6 +78,20 @@ def test_batches_straddling_epochs_continue_the_stream():
   np.testing.assert_array_equal(np.sort(stream[10:20]), np.arange(10))
   np.testing.assert_array_equal(_step_indices(0, 2, batch, n),
                                 stream[8:12])
+
+
+def test_the_stream_is_grains_shuffled_repeated_dataset():
+  """The direct `index_shuffle` calls give the stream of grain's own
+  `range(n).shuffle(seed).repeat()`, read in batches (over four epochs)."""
+  n, batch = 37, 8
+  order = (grain.MapDataset.range(n)
+           .shuffle(seed=input_pipeline._stream_seed(4))  # pylint: disable=protected-access
+           .repeat())
+  stream = input_pipeline.index_stream(4, n, batch)
+  for step in range(20):
+    np.testing.assert_array_equal(
+        stream[step], [order[p] for p in range(step * batch,
+                                               (step + 1) * batch)])
 
 
 def test_a_process_computes_only_its_rows_of_each_step():
