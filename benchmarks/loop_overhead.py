@@ -59,6 +59,9 @@ _STEPS = flags.DEFINE_integer("steps", 600, "Loop steps per run.")
 _WARMUP = flags.DEFINE_integer("warmup", 100, "Loop steps left out of the "
                                "steady-state rate.")
 _ITERS = flags.DEFINE_integer("iters", 200, "Compiled / host timing rounds.")
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num_workers", 0, "config.data.num_workers: 0 loads in threads of the "
+    "training process, N in N worker processes.")
 _CHILD = flags.DEFINE_string("child", "", "Internal: measure here, print "
                              "JSON rows.")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__),
@@ -70,6 +73,7 @@ def demo_config(method, steps, cache_dir):
                                   "seed=0")
   config.eval_every = config.checkpoint_every = 10 * steps
   config.log_every = 50
+  config.data.num_workers = _NUM_WORKERS.value
   if config_lib.needs_reference(config):
     config.reference.cache_dir = cache_dir
   return config
@@ -164,7 +168,8 @@ def main(argv):
         [sys.executable, __file__, f"--child={threads}",
          f"--reference_dir={_REFERENCE_DIR.value or ''}",
          f"--methods={','.join(_METHODS.value)}", f"--steps={_STEPS.value}",
-         f"--warmup={_WARMUP.value}", f"--iters={_ITERS.value}"],
+         f"--warmup={_WARMUP.value}", f"--iters={_ITERS.value}",
+         f"--num_workers={_NUM_WORKERS.value}"],
         env=env, capture_output=True, text=True, check=False)
     lines = [l for l in child.stdout.splitlines() if l.startswith("ROWS ")]
     if child.returncode or not lines:
