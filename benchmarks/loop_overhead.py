@@ -184,7 +184,8 @@ def main(argv):
                  f"{r['loop_over_compiled']:.2f} |")
   command = "python " + " ".join(sys.argv)
   out = dict(command=command, machine=machine(), steps=_STEPS.value,
-             warmup=_WARMUP.value, iters=_ITERS.value, settings=SETTINGS,
+             warmup=_WARMUP.value, iters=_ITERS.value,
+             num_workers=_NUM_WORKERS.value, settings=SETTINGS,
              rows=rows, table=table)
   write_json(_OUT.value, "loop_overhead", out)
   print(f"command: {command}\nmachine: {out['machine']}\n")
