@@ -67,9 +67,3 @@ class RecordFiles:
     state = self.__dict__.copy()
     state["_readers"] = {}
     return state
-
-  def close(self):
-    for reader in self._readers.values():
-      reader.close()
-    self._readers = {}
-
