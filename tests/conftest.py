@@ -59,3 +59,19 @@ def fake_gcs(tmp_path, monkeypatch):
                                 **{name: through for name in names}):
     yield root
   assert not os.listdir(cwd), "a gs:// path was used without epath"
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """A 4-step reference trained and cached through the two CLIs, at the
+  tiny settings of `test_train.TINY`; `(workdir, cache_dir)`. Once per test
+  process: the trainer and multi-host tests only read it."""
+  from test_train import TINY, run_cli  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  overrides = [f"--config.{item}" for item in TINY]
+  result = run_cli("jest_jax.main", "--config", "configs/reference.py:steps=4",
+                   *overrides, "--workdir", workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_cli("jest_jax.cache_reference", "--workdir", workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, os.path.join(workdir, "embeddings", "train")

@@ -10,11 +10,14 @@ TINY = ("batch_size=16", "selection.n_chunks=4", "data.n_train=256",
         "eval.batch_size=32", "log_every=1", "optim.warmup_steps=1")
 
 
-def test_demo_writes_runs_summary_plot_and_table(tmp_path):
+def test_demo_writes_runs_summary_plot_and_table_and_a_rerun_resumes(
+    tmp_path):
+  # One demo run checked for every output, then rerun on the same workdir
+  # (two runs cost the suite twice the time of one).
   workdir = str(tmp_path)
-  summary = demo.run_demo(workdir, steps=4, reference_steps=4,
-                          filter_ratio=0.5, seed=0, eval_every=2,
-                          overrides=TINY)
+  kwargs = dict(steps=4, reference_steps=4, filter_ratio=0.5, seed=0,
+                eval_every=2, overrides=TINY)
+  summary = demo.run_demo(workdir, **kwargs)
   for run in ("reference", "iid", "clip_score", "jest"):
     assert os.path.exists(os.path.join(workdir, run, "metrics.jsonl"))
     assert summary[run]["step"] == 4
@@ -38,14 +41,11 @@ def test_demo_writes_runs_summary_plot_and_table(tmp_path):
   assert table.count("\n") == 5 and "| jest | 4 |" in table
   assert "| clip_score | 4 |" in table
 
-
-def test_demo_rerun_resumes_instead_of_retraining(tmp_path):
-  workdir = str(tmp_path)
-  kwargs = dict(steps=2, reference_steps=2, filter_ratio=0.5, seed=0,
-                eval_every=2, overrides=TINY)
-  demo.run_demo(workdir, **kwargs)
-  rows_before = open(os.path.join(workdir, "jest", "metrics.jsonl")).read()
+  # A rerun resumes every stage instead of retraining it: nothing is
+  # appended to the runs' metrics.
+  rows_before = {run: open(os.path.join(workdir, run, "metrics.jsonl")).read()
+                 for run in ("reference", "iid", "clip_score", "jest")}
   again = demo.run_demo(workdir, **kwargs)
-  assert open(os.path.join(workdir, "jest", "metrics.jsonl")).read() == (
-      rows_before)
-  assert again["jest"]["step"] == 2
+  for run, rows in rows_before.items():
+    assert open(os.path.join(workdir, run, "metrics.jsonl")).read() == rows
+  assert again["jest"]["step"] == 4

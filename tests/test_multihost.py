@@ -18,9 +18,9 @@ import pytest
 
 from jest_jax import metrics as metrics_lib
 from jest_jax import train
-# The tiny settings and the reference fixture of the single-process tests.
+# The tiny settings of the single-process tests (`reference_run` is in
+# conftest.py).
 from test_train import ROOT, TINY, jest_config, params_close
-from test_train import reference_run  # pylint: disable=unused-import
 
 STEPS = 4
 JEST_ARG = f"method=jest,filter_ratio=0.5,steps={STEPS}"

@@ -43,19 +43,6 @@ def run_cli(module, *args):
                         env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-  """A 4-step reference trained and cached through the two CLIs."""
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  overrides = [f"--config.{item}" for item in TINY]
-  result = run_cli("jest_jax.main", "--config", "configs/reference.py:steps=4",
-                   *overrides, "--workdir", workdir)
-  assert result.returncode == 0, result.stderr[-3000:]
-  result = run_cli("jest_jax.cache_reference", "--workdir", workdir)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, os.path.join(workdir, "embeddings", "train")
-
-
 def jest_config(reference_run, steps=4, **extra):
   workdir, cache_dir = reference_run
   config = tiny_config("jest", f"method=jest,filter_ratio=0.5,steps={steps}",
