@@ -2,7 +2,9 @@
 source, the one TFDS's `as_data_source` wraps."""
 
 import collections
+import concurrent.futures
 import pickle
+import sys
 
 from array_record.python import array_record_data_source
 from array_record.python import array_record_module
@@ -17,14 +19,16 @@ Instruction = collections.namedtuple(
     "Instruction", "filename skip take examples_in_shard")
 
 
-@pytest.fixture(name="instructions")
-def _instructions(tmp_path):
+@pytest.fixture(name="instructions", params=[1, 4])
+def _instructions(tmp_path, request):
   """Three files of 7, 1 and 12 records, read as a slice of each (as TFDS's
-  `train[a:b]` splits are)."""
+  `train[a:b]` splits are); one record a chunk (what TFDS writes) or four
+  (chunks shared by records read in one call)."""
   out, count = [], 0
   for i, size in enumerate((7, 1, 12)):
     path = str(tmp_path / f"data.array_record-{i:05d}-of-00003")
-    writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+    writer = array_record_module.ArrayRecordWriter(
+        path, f"group_size:{request.param}")
     for _ in range(size):
       writer.write(f"record {count}".encode() * (1 + count % 3))
       count += 1
@@ -47,6 +51,23 @@ def test_reads_what_array_records_data_source_reads(instructions):
   # Grain ships the source to worker processes.
   shipped = pickle.loads(pickle.dumps(ours))
   assert shipped.__getitems__(indices) == ours.__getitems__(indices)
+
+
+def test_threads_reading_at_once_each_get_their_records(instructions):
+  # grain's prefetch threads share one source; a reader's seek position is
+  # per thread.
+  files = record_files.RecordFiles(instructions)
+  twin = array_record_data_source.ArrayRecordDataSource(instructions)
+  rng = np.random.default_rng(1)
+  batches = [rng.integers(0, 15, size=30).tolist() for _ in range(64)]
+  switch = sys.getswitchinterval()
+  sys.setswitchinterval(1e-6)  # Threads interleave between calls.
+  try:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+      got = list(pool.map(files.__getitems__, batches))
+  finally:
+    sys.setswitchinterval(switch)
+  assert got == [list(twin.__getitems__(b)) for b in batches]
 
 
 def test_out_of_range_is_an_index_error(instructions):
