@@ -160,7 +160,11 @@ def base_config():
   config.data.bad_records = "skip"
   config.data.long_captions = "truncate"  # Or "bad": a bad record.
   # Loading: batches read ahead (threads) and worker processes (0: none).
-  config.data.prefetch = 2
+  # One thread: the built-in corpus's reads hold the GIL, and a second
+  # thread cost ~15% more host CPU a batch for no more batches a second
+  # (benchmarks/loop_overhead.py, README); JPEG decoding releases it, so
+  # data with large images gains from more (or from num_workers).
+  config.data.prefetch = 1
   config.data.num_workers = 0
   # The built-in corpus (also the zero-shot / retrieval probes of any data).
   config.data.seed = 0
