@@ -86,7 +86,8 @@ def measure_flops(functions, state, super_batch, reference, key):
 
 
 def _rows(x, n):
-  """The first `n` rows of an array or of an abstract array."""
-  if isinstance(x, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct((n, *x.shape[1:]), x.dtype)
-  return x[:n]
+  """The first `n` rows of an array or of an abstract array, abstract (with
+  its sharding): the cost analysis needs only shapes, and slicing a global
+  array would run an eager gather (seconds a leaf over several processes)."""
+  return jax.ShapeDtypeStruct((n, *x.shape[1:]), x.dtype,
+                              sharding=getattr(x, "sharding", None))
